@@ -1,0 +1,3 @@
+from cirkit.cli import main
+
+main()

@@ -1,0 +1,114 @@
+"""CLIP through open_clip: a model name + pretrained tag, or a local config JSON + checkpoint.
+
+`identity` names the exact model and preprocessing; a gallery index stores it, and a query whose
+CLIP identity differs is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cirkit.errors import CirkitError, one_line
+
+
+def file_sha256(path: str | Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+class ClipModel:
+    def __init__(self, name: str, pretrained: str | None = None, *, device: str = "auto", dtype: str = "auto"):
+        import open_clip
+        import torch
+
+        from cirkit.engines.transformers_engine import resolve_device, resolve_dtype
+
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self._identity: dict[str, Any] = {}
+        model_name = name
+        if name.endswith(".json"):
+            config = Path(name)
+            if not config.is_file():
+                raise CirkitError(f"open_clip model config not found: {name}")
+            open_clip.add_model_config(config)
+            model_name = config.stem
+            self._identity["config_sha256"] = file_sha256(config)
+        self._identity["name"] = model_name
+        if pretrained and Path(pretrained).expanduser().is_file():
+            self._identity["checkpoint_sha256"] = file_sha256(Path(pretrained).expanduser())
+        elif pretrained:
+            self._identity["pretrained"] = pretrained
+        try:
+            self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+                model_name, pretrained=pretrained or None, device=self.device
+            )
+            self.tokenizer = open_clip.get_tokenizer(model_name)
+        except (RuntimeError, OSError, ValueError, KeyError) as exc:
+            what = f"{model_name}/{pretrained}" if pretrained else model_name
+            raise CirkitError(f"cannot load CLIP model '{what}': {one_line(exc)}") from None
+        if self.dtype != torch.float32:
+            self.model.to(self.dtype)
+        self.model.eval()
+        preprocess_cfg = dict(getattr(self.model.visual, "preprocess_cfg", {}) or {})
+        self._identity["preprocess"] = json.loads(json.dumps(preprocess_cfg))
+        self.dim = int(self.model.text_projection.shape[1]) if hasattr(self.model, "text_projection") and self.model.text_projection is not None else None
+        if self.dim is None:
+            with torch.no_grad():
+                self.dim = int(self.encode_texts(["a"])[0].shape[1])
+        self._identity["dim"] = self.dim
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return dict(self._identity)
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": "open_clip", **{k: v for k, v in self._identity.items() if k != "preprocess"}}
+
+    def encode_texts(self, texts: list[str], batch_size: int = 256) -> tuple[np.ndarray, list[bool]]:
+        """L2-normalized text vectors, and for each text whether it was cut to the context length."""
+        import torch
+
+        truncated = [self._too_long(t) for t in texts]
+        vectors = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                tokens = self.tokenizer(texts[start : start + batch_size]).to(self.device)
+                vectors.append(self._normalize(self.model.encode_text(tokens)))
+        return np.concatenate(vectors), truncated
+
+    def encode_images(self, pixels) -> np.ndarray:
+        """L2-normalized image vectors for a batch of preprocessed image tensors."""
+        import torch
+
+        with torch.inference_mode():
+            return self._normalize(self.model.encode_image(pixels.to(self.device, self.dtype)))
+
+    @staticmethod
+    def _normalize(features) -> np.ndarray:
+        features = features.float()
+        features = features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return features.cpu().numpy().astype(np.float32)
+
+    def _too_long(self, text: str) -> bool:
+        tok = self.tokenizer
+        context = getattr(tok, "context_length", None)
+        if context is None:
+            return False
+        if hasattr(tok, "encode") and hasattr(tok, "encoder"):  # open_clip's SimpleTokenizer
+            return len(tok.encode(text)) + 2 > context
+        ids = tok([text])[0]
+        return bool(ids[-1] != 0)
+
+
+def clip_identity_text(identity: dict[str, Any]) -> str:
+    """A short human name for a CLIP identity, for messages."""
+    tag = identity.get("pretrained") or (
+        "checkpoint " + identity["checkpoint_sha256"][:12] if "checkpoint_sha256" in identity else "random weights"
+    )
+    return f"{identity.get('name')} ({tag})"

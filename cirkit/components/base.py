@@ -1,0 +1,50 @@
+"""What every component is: typed inputs and outputs, validated params, and a batched `run`.
+
+A component knows nothing of pipelines, stores or the command line. It gets a batch of items
+(one dict of input values per query) and returns, per item, its outputs and the trace of what it
+sent to and got from a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class ItemResult:
+    """One query's result of one step."""
+
+    outputs: dict[str, Any] = field(default_factory=dict)
+    prompts: list[Any] = field(default_factory=list)  # exactly what was sent to the model
+    raw: list[str] = field(default_factory=list)  # exactly what the model answered
+    notes: list[str] = field(default_factory=list)  # fallbacks, truncations, ...
+    error: str | None = None
+
+
+class Component:
+    kind: ClassVar[str]
+    description: ClassVar[str] = ""
+    # input name -> the value it reads by default (a query input or an earlier step's output)
+    inputs: ClassVar[dict[str, str]] = {}
+    outputs: ClassVar[tuple[str, ...]] = ()
+    # model types the step's model may have; empty when the component uses no model
+    model_types: ClassVar[tuple[str, ...]] = ()
+    # variables the component fills in its prompt template; None when it takes no prompt
+    prompt_variables: ClassVar[tuple[str, ...] | None] = None
+    Params: ClassVar[type[BaseModel]] = NoParams
+
+    def __init__(self, params: BaseModel, *, model: Any = None, prompt: Any = None, index: Any = None):
+        self.params = params
+        self.model = model
+        self.prompt = prompt
+        self.index = index
+
+    def run(self, items: list[dict[str, Any]]) -> list[ItemResult]:
+        raise NotImplementedError

@@ -1,0 +1,38 @@
+"""caption: a VLM describes the reference image, prompted with a template."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from cirkit.components.base import Component, ItemResult
+from cirkit.engines.base import GenerationParams, GenerationRequest
+
+
+class CaptionParams(GenerationParams):
+    max_new_tokens: int = Field(30, ge=1, le=32768)
+
+
+class Caption(Component):
+    kind = "caption"
+    description = "Describe an image with a vision-language model."
+    inputs = {"image": "image"}
+    outputs = ("caption",)
+    model_types = ("vlm",)
+    prompt_variables = ()
+    Params = CaptionParams
+
+    def run(self, items: list[dict[str, Any]]) -> list[ItemResult]:
+        messages = self.prompt.render()
+        requests = [GenerationRequest(messages=messages, image=item["image"]) for item in items]
+        generations = self.model.generate(requests, self.params)
+        results = []
+        for gen in generations:
+            result = ItemResult(outputs={"caption": gen.text}, prompts=[messages], raw=[gen.text])
+            if gen.finish_reason == "length":
+                result.notes.append(f"caption cut at max_new_tokens={self.params.max_new_tokens}")
+            if not gen.text:
+                result.error = "the captioner returned an empty caption"
+            results.append(result)
+        return results

@@ -1,0 +1,178 @@
+"""Hugging Face transformers, in process: batched generate through chat templates, images for VLMs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from cirkit.engines.base import Engine, Generation, GenerationParams, GenerationRequest
+from cirkit.errors import CirkitError, one_line
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return getattr(torch, dtype)
+
+
+class TransformersEngine(Engine):
+    def __init__(self, model_id: str, *, vision: bool, revision: str | None = None, dtype: str = "auto", device: str = "auto"):
+        import torch
+        from transformers import (
+            AutoModelForCausalLM,
+            AutoModelForImageTextToText,
+            AutoProcessor,
+            AutoTokenizer,
+        )
+
+        self.model_id = model_id
+        self.revision = revision
+        self.vision = vision
+        self.device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, self.device)
+        try:
+            if vision:
+                self.processor = AutoProcessor.from_pretrained(model_id, revision=revision)
+                self.tokenizer = self.processor.tokenizer
+                self.model = AutoModelForImageTextToText.from_pretrained(model_id, revision=revision, dtype=torch_dtype)
+            else:
+                self.processor = None
+                self.tokenizer = AutoTokenizer.from_pretrained(model_id, revision=revision)
+                self.model = AutoModelForCausalLM.from_pretrained(model_id, revision=revision, dtype=torch_dtype)
+        except (OSError, ValueError, KeyError) as exc:
+            raise CirkitError(f"cannot load model '{model_id}': {one_line(exc)}") from None
+        self.model.to(self.device).eval()
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.chat = bool(getattr(self.processor or self.tokenizer, "chat_template", None))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "engine": "transformers",
+            "model": self.model_id,
+            "revision": self.revision or getattr(self.model.config, "_commit_hash", None),
+            "dtype": str(self.model.dtype).removeprefix("torch."),
+            "device": self.device,
+        }
+
+    def generate(
+        self,
+        requests: list[GenerationRequest],
+        params: GenerationParams,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> list[Generation]:
+        import torch
+
+        torch.manual_seed(params.seed)
+        results: list[Generation | None] = [None] * len(requests)
+        # Similar lengths together: less padding per batch.
+        order = sorted(range(len(requests)), key=lambda i: sum(len(m["content"]) for m in requests[i].messages))
+        for start in range(0, len(order), params.batch_size):
+            chunk = order[start : start + params.batch_size]
+            outputs = self._generate_batch([requests[i] for i in chunk], params)
+            for i, out in zip(chunk, outputs):
+                results[i] = out
+            if on_batch:
+                on_batch(len(chunk))
+        return results  # type: ignore[return-value]
+
+    def _encode(self, requests: list[GenerationRequest]):
+        if self.vision:
+            if any(r.image is None for r in requests):
+                raise CirkitError(f"model '{self.model_id}' is a VLM: every request needs an image")
+            if self.chat:
+                conversations = [_with_image(r.messages, r.image) for r in requests]
+                return self.processor.apply_chat_template(
+                    conversations,
+                    add_generation_prompt=True,
+                    tokenize=True,
+                    return_dict=True,
+                    return_tensors="pt",
+                    padding=True,
+                    processor_kwargs={"padding_side": "left"},
+                )
+            texts = [_plain_text(r.messages) for r in requests]
+            return self.processor(images=[r.image for r in requests], text=texts, return_tensors="pt", padding=True)
+        if self.chat:
+            return self.tokenizer.apply_chat_template(
+                [r.messages for r in requests],
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=True,
+                return_tensors="pt",
+                padding=True,
+            )
+        return self.tokenizer([_plain_text(r.messages) for r in requests], return_tensors="pt", padding=True)
+
+    def _generate_batch(self, requests: list[GenerationRequest], params: GenerationParams) -> list[Generation]:
+        import torch
+
+        inputs = self._encode(requests).to(self.device)
+        if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": params.max_new_tokens,
+            "num_beams": params.num_beams,
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
+        if params.temperature > 0:
+            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, **kwargs)
+        prompt_ids = inputs["input_ids"]
+        # Decoder-only models return prompt + answer; encoder-decoder ones the answer alone.
+        if out.shape[1] >= prompt_ids.shape[1] and torch.equal(out[:, : prompt_ids.shape[1]], prompt_ids):
+            out = out[:, prompt_ids.shape[1] :]
+        eos_ids = _eos_ids(self.model, self.tokenizer)
+        generations = []
+        for row in out.tolist():
+            end = next((i for i, t in enumerate(row) if t in eos_ids), None)
+            if end is not None:
+                tokens, reason = row[:end], "stop"
+            else:
+                tokens = [t for t in row if t != self.tokenizer.pad_token_id]
+                reason = "length" if len(row) >= params.max_new_tokens else "stop"
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+            generations.append(Generation(text=text, finish_reason=reason))
+        return generations
+
+
+def _plain_text(messages: list[dict[str, str]]) -> str:
+    return "\n".join(m["content"] for m in messages)
+
+
+def _with_image(messages: list[dict[str, str]], image) -> list[dict[str, Any]]:
+    """The conversation with the image placed before the text of the first user message."""
+    out: list[dict[str, Any]] = []
+    placed = False
+    for m in messages:
+        if m["role"] == "user" and not placed:
+            out.append({"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": m["content"]}]})
+            placed = True
+        else:
+            out.append({"role": m["role"], "content": [{"type": "text", "text": m["content"]}]})
+    return out
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids = model.generation_config.eos_token_id
+    if ids is None:
+        ids = tokenizer.eos_token_id
+    if ids is None:
+        return set()
+    return set(ids) if isinstance(ids, list) else {ids}

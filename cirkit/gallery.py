@@ -1,0 +1,352 @@
+"""The gallery index: CLIP image vectors of a folder, a FAISS index over them, and a manifest.
+
+Layout of an index directory:
+    manifest.json          model identity, root, entries (path, sha256), skipped files, file names below
+    vectors-<digest>.npy   L2-normalized float32 vectors, row i = manifest entry i
+    index-<digest>.faiss   FAISS inner-product index over those vectors
+    cache/                 embedded vectors by image content hash, written in shards as they come
+
+Building is resumable: after an interruption (Ctrl-C, kill -9) the same command embeds only what
+the cache lacks, in the same batches, and writes the same index. The manifest is written last
+and atomically, so an index directory is always either the previous index or the new one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cirkit.errors import CirkitError, ImageError, one_line
+from cirkit.images import DEFAULT_MAX_PIXELS, image_sha256, iter_image_files, load_image
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+CACHE = "cache"
+SHARD_IMAGES = 1024  # images per cache shard (rounded to whole batches)
+
+
+@dataclass
+class BuildReport:
+    directory: Path
+    count: int = 0
+    embedded: int = 0
+    reused: int = 0
+    removed: int = 0
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+
+class GalleryIndex:
+    """A built index, opened for search."""
+
+    def __init__(self, directory: Path, manifest: dict[str, Any], vectors: np.ndarray, faiss_index: Any):
+        self.directory = directory
+        self.manifest = manifest
+        self.vectors = vectors
+        self.faiss_index = faiss_index
+        self.paths = [e["path"] for e in manifest["entries"]]
+        self.root = Path(manifest["root"])
+
+    @classmethod
+    def open(cls, directory: str | Path) -> GalleryIndex:
+        import faiss
+
+        directory = Path(directory)
+        manifest = read_manifest(directory)
+        if manifest is None:
+            raise CirkitError(f"no gallery index in {directory}: build one with `cirkit index IMAGES_DIR --out {directory}`")
+        try:
+            vectors = np.load(directory / manifest["vectors_file"], mmap_mode="r")
+            faiss_index = faiss.read_index(str(directory / manifest["index_file"]))
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            raise CirkitError(f"gallery index in {directory} is damaged ({one_line(exc)}): re-run `cirkit index`") from None
+        if not (len(vectors) == faiss_index.ntotal == len(manifest["entries"])):
+            raise CirkitError(f"gallery index in {directory} is inconsistent: re-run `cirkit index`")
+        return cls(directory, manifest, vectors, faiss_index)
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return self.manifest["model"]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def check_model(self, identity: dict[str, Any]) -> None:
+        """Refuse a query embedded by a CLIP model other than the one that built the index."""
+        from cirkit.clip import clip_identity_text
+
+        if identity != self.identity:
+            raise CirkitError(
+                f"the index in {self.directory} was built with CLIP {clip_identity_text(self.identity)}, "
+                f"but this pipeline embeds with {clip_identity_text(identity)}: "
+                "query with the same CLIP model or build a new index with this one"
+            )
+
+    def search(self, queries: np.ndarray, k: int) -> list[list[dict[str, Any]]]:
+        """For each query vector, the top k images: [{rank, path, file, score}]."""
+        k = min(k, len(self.paths))
+        if k == 0:
+            return [[] for _ in queries]
+        scores, ids = self.faiss_index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        return [
+            [
+                {"rank": r + 1, "path": self.paths[i], "file": str(self.root / self.paths[i]), "score": float(s)}
+                for r, (i, s) in enumerate(zip(row_ids, row_scores))
+                if i >= 0
+            ]
+            for row_ids, row_scores in zip(ids, scores)
+        ]
+
+
+def read_manifest(directory: Path) -> dict[str, Any] | None:
+    path = directory / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CirkitError(f"{path}: unreadable manifest ({one_line(exc)})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CirkitError(f"{path}: not a cirkit index manifest (format {FORMAT})")
+    return manifest
+
+
+def build_index(
+    images_dir: str | Path,
+    out_dir: str | Path,
+    clip: Any,
+    *,
+    batch_size: int = 64,
+    workers: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: bool = True,
+) -> BuildReport:
+    """Index every image under `images_dir` into `out_dir`, reusing whatever is already there."""
+    import faiss
+
+    root = Path(images_dir).expanduser().resolve()
+    out = Path(out_dir).expanduser()
+    if not root.is_dir():
+        raise CirkitError(f"not a folder: {images_dir}")
+    identity = clip.identity
+    _prepare_out_dir(out, identity)
+    previous = read_manifest(out)
+    report = BuildReport(directory=out)
+
+    files = iter_image_files(root)
+    known = {e["path"]: e for e in (previous or {}).get("entries", [])} if previous and previous["root"] == str(root) else {}
+    entries: list[dict[str, Any]] = []
+    with _progress(progress) as bar:
+        task = bar.add_task("hashing", total=len(files))
+        for path in files:
+            rel = path.relative_to(root).as_posix()
+            try:
+                st = path.stat()
+                old = known.get(rel)
+                if old and old["size"] == st.st_size and old["mtime_ns"] == st.st_mtime_ns:
+                    sha = old["sha256"]
+                else:
+                    sha = image_sha256(path)
+                entries.append({"path": rel, "sha256": sha, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+            except (OSError, ImageError) as exc:
+                report.skipped.append({"path": rel, "reason": str(exc) if isinstance(exc, ImageError) else one_line(exc)})
+            bar.advance(task)
+
+    cache = _Cache(out / CACHE)
+    todo: dict[str, Path] = {}
+    for e in entries:
+        if e["sha256"] not in cache.vectors and e["sha256"] not in cache.failed and e["sha256"] not in todo:
+            todo[e["sha256"]] = root / e["path"]
+    report.reused = len({e["sha256"] for e in entries} - set(todo))
+
+    if todo:
+        shard_batches = max(1, SHARD_IMAGES // batch_size)
+        pending: list[tuple[list[str], np.ndarray, list[tuple[str, str]]]] = []
+        with _progress(progress) as bar:
+            task = bar.add_task("embedding", total=len(todo))
+            try:
+                for hashes, vectors, failures in _embed(list(todo.items()), clip, batch_size, workers, max_pixels):
+                    pending.append((hashes, vectors, failures))
+                    report.embedded += len(hashes)
+                    bar.advance(task, len(hashes) + len(failures))
+                    if len(pending) >= shard_batches:
+                        cache.write_shard(pending)
+                        pending = []
+            finally:
+                cache.write_shard(pending)  # whole batches only, so a resumed run forms the same batches
+
+    for e in entries:
+        reason = cache.failed.get(e["sha256"])
+        if reason:
+            report.skipped.append({"path": e["path"], "reason": reason})
+    entries = [e for e in entries if e["sha256"] in cache.vectors]
+    report.skipped.sort(key=lambda s: s["path"])
+    dim = identity["dim"]
+    vectors = np.stack([cache.vectors[e["sha256"]] for e in entries]) if entries else np.zeros((0, dim), np.float32)
+    index = faiss.IndexFlatIP(dim)
+    index.add(vectors)
+    digest = hashlib.sha256(vectors.tobytes()).hexdigest()[:16]
+    vectors_file, index_file = f"vectors-{digest}.npy", f"index-{digest}.faiss"
+    _atomic_write(out / vectors_file, lambda p: np.save(p, vectors))
+    _atomic_write(out / index_file, lambda p: faiss.write_index(index, str(p)))
+    manifest = {
+        "format": FORMAT,
+        "model": identity,
+        "root": str(root),
+        "dim": dim,
+        "count": len(entries),
+        "index_type": "flat",
+        "vectors_file": vectors_file,
+        "index_file": index_file,
+        "updated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "entries": entries,
+        "skipped": report.skipped,
+    }
+    _atomic_write(out / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=1), encoding="utf-8"))
+    for stale in [*out.glob("vectors-*.npy"), *out.glob("index-*.faiss")]:
+        if stale.name not in (vectors_file, index_file):
+            stale.unlink(missing_ok=True)
+    report.removed = len(set(known) - {f.relative_to(root).as_posix() for f in files})
+    report.count = len(entries)
+    return report
+
+
+class _Cache:
+    """Vectors (and decode failures) by image content hash, in append-only shard files."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.vectors: dict[str, np.ndarray] = {}
+        self.failed: dict[str, str] = {}
+        self.next_shard = 0
+        for shard in sorted(directory.glob("shard-*.npz")):
+            try:
+                with np.load(shard) as data:
+                    self.vectors.update(zip(data["hashes"].tolist(), data["vectors"]))
+                    self.failed.update(zip(data["failed_hashes"].tolist(), data["failed_reasons"].tolist()))
+            except (OSError, ValueError, KeyError):
+                continue  # a damaged shard: its images are embedded again
+            self.next_shard = max(self.next_shard, int(shard.stem.split("-")[1]) + 1)
+
+    def write_shard(self, batches: list[tuple[list[str], np.ndarray, list[tuple[str, str]]]]) -> None:
+        if not batches:
+            return
+        hashes = [h for b in batches for h in b[0]]
+        vectors = [b[1] for b in batches if len(b[0])]
+        failures = [f for b in batches for f in b[2]]
+        data = {
+            "hashes": np.array(hashes, dtype=str),
+            "vectors": np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32),
+            "failed_hashes": np.array([h for h, _ in failures], dtype=str),
+            "failed_reasons": np.array([r for _, r in failures], dtype=str),
+        }
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"shard-{self.next_shard:06d}.npz"
+        _atomic_write(path, lambda p: np.savez(p, **data))
+        self.next_shard += 1
+        self.vectors.update(zip(hashes, data["vectors"]))
+        self.failed.update(failures)
+
+
+class _ImageFiles:
+    """A torch Dataset of (hash, preprocessed tensor or None, failure reason)."""
+
+    def __init__(self, items: list[tuple[str, Path]], preprocess: Any, max_pixels: int):
+        self.items, self.preprocess, self.max_pixels = items, preprocess, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        sha, path = self.items[i]
+        try:
+            return sha, self.preprocess(load_image(path, self.max_pixels)), None
+        except ImageError as exc:
+            return sha, None, str(exc)
+        except Exception as exc:  # a preprocessing failure on an odd image must not stop the index
+            return sha, None, f"cannot preprocess: {one_line(exc)}"
+
+
+def _collate(batch):
+    return batch
+
+
+def _embed(items, clip, batch_size: int, workers: int | None, max_pixels: int) -> Iterator:
+    """Batches of (hashes, vectors, failures), decoding in worker processes while the model runs."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    if workers is None:
+        workers = 0 if len(items) <= batch_size else min(4, os.cpu_count() or 1)
+    loader = DataLoader(
+        _ImageFiles(items, clip.preprocess, max_pixels),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=clip.device.startswith("cuda"),
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+    )
+    for batch in loader:
+        ok = [(sha, t) for sha, t, _ in batch if t is not None]
+        failures = [(sha, reason) for sha, t, reason in batch if t is None]
+        vectors = clip.encode_images(torch.stack([t for _, t in ok])) if ok else np.zeros((0, clip.dim), np.float32)
+        yield [sha for sha, _ in ok], vectors, failures
+
+
+def _prepare_out_dir(out: Path, identity: dict[str, Any]) -> None:
+    from cirkit.clip import clip_identity_text
+
+    if out.exists() and not out.is_dir():
+        raise CirkitError(f"--out {out} is a file, not a directory")
+    model_file = out / CACHE / "model.json"
+    if out.is_dir() and any(out.iterdir()):
+        if not model_file.is_file() and read_manifest(out) is None:
+            raise CirkitError(f"{out} is not empty and holds no cirkit index: choose a new or empty directory")
+        try:
+            built_with = json.loads(model_file.read_text()) if model_file.is_file() else read_manifest(out)["model"]
+        except (OSError, ValueError) as exc:
+            raise CirkitError(f"{model_file}: unreadable ({one_line(exc)})") from None
+        if built_with != identity:
+            raise CirkitError(
+                f"{out} holds an index built with CLIP {clip_identity_text(built_with)}, not "
+                f"{clip_identity_text(identity)}: choose another --out directory"
+            )
+    else:
+        (out / CACHE).mkdir(parents=True, exist_ok=True)
+        _atomic_write(model_file, lambda p: p.write_text(json.dumps(identity, indent=1)))
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same directory (same suffix), then rename over `path`."""
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from cirkit.console import stderr
+
+    return Progress(
+        TextColumn("{task.description:>10}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=stderr,
+        disable=not enabled,
+        transient=False,
+    )

@@ -1,0 +1,291 @@
+"""Pipeline files: what they may contain, and validation before any model loads.
+
+Every error names the file, the step and the field, on one line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cirkit.components import COMPONENTS, QUERY_INPUTS
+from cirkit.errors import CirkitError, one_line
+from cirkit.prompts import Prompt, load_prompt
+
+BUILTIN_DIR = Path(__file__).parent / "builtin"
+
+
+class ModelSpec(BaseModel):
+    """A model a step uses.
+
+    vlm / llm (engine `transformers`): `id` is a Hugging Face id or a local directory.
+    clip (engine `open_clip`): `name` + `pretrained` tag (or checkpoint path), or a local model
+    config JSON as `name` + a checkpoint as `pretrained`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["vlm", "llm", "clip"]
+    engine: Literal["transformers", "open_clip"] | None = None
+    id: str | None = None
+    revision: str | None = None
+    name: str | None = None
+    pretrained: str | None = None
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    device: str = "auto"
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelSpec:
+        if self.type == "clip":
+            self.engine = self.engine or "open_clip"
+            if self.engine != "open_clip":
+                raise ValueError("a clip model runs on engine 'open_clip'")
+            if not self.name:
+                raise ValueError("a clip model needs 'name' (open_clip model name or config JSON path)")
+        else:
+            self.engine = self.engine or "transformers"
+            if self.engine != "transformers":
+                raise ValueError(f"a {self.type} model runs on engine 'transformers'")
+            if not self.id:
+                raise ValueError(f"a {self.type} model needs 'id' (Hugging Face id or local directory)")
+        return self
+
+    def resolve_paths(self, base_dir: Path) -> None:
+        """Make file references relative to the pipeline file absolute."""
+        for field in ("id", "name", "pretrained"):
+            value = getattr(self, field)
+            if value and _looks_like_path(value):
+                path = Path(value).expanduser()
+                candidates = [path] if path.is_absolute() else [base_dir / path, path]
+                found = next((c for c in candidates if c.exists()), None)
+                if found is None:
+                    raise ValueError(f"'{field}': no such file or directory: {value}")
+                setattr(self, field, str(found.resolve()))
+
+
+class StepSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    kind: str
+    model: str | None = None
+    prompt: str | None = None
+    inputs: dict[str, str] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class PipelineFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    description: str = ""
+    models: dict[str, ModelSpec] = Field(default_factory=dict)
+    steps: list[StepSpec]
+
+
+class Step:
+    """A validated step: its component class, parsed params, prompt and input wiring."""
+
+    def __init__(self, spec: StepSpec, params: BaseModel, prompt: Prompt | None, inputs: dict[str, str]):
+        self.spec = spec
+        self.name = spec.name
+        self.kind = spec.kind
+        self.component = COMPONENTS[spec.kind]
+        self.params = params
+        self.prompt = prompt
+        self.inputs = inputs
+
+
+class Pipeline:
+    """A validated pipeline: the models it names and its ordered steps."""
+
+    def __init__(self, spec: PipelineFile, steps: list[Step], source: str, text: str):
+        self.spec = spec
+        self.steps = steps
+        self.source = source
+        self.text = text
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def models(self) -> dict[str, ModelSpec]:
+        return self.spec.models
+
+    @property
+    def hash(self) -> str:
+        """Content hash of the pipeline as it runs: the file plus the prompt templates it uses."""
+        h = hashlib.sha256(self.text.encode())
+        for step in self.steps:
+            if step.prompt:
+                h.update(f"\x00{step.name}\x00{step.prompt.text}".encode())
+        return h.hexdigest()
+
+    def model_for(self, step: Step) -> ModelSpec | None:
+        return self.models[step.spec.model] if step.spec.model else None
+
+    def clip_model(self) -> ModelSpec:
+        """The CLIP model whose image vectors the gallery index must hold."""
+        for step in self.steps:
+            spec = self.model_for(step)
+            if spec is not None and spec.type == "clip":
+                return spec
+        raise CirkitError(f"{self.source}: no step uses a clip model, so it cannot search a gallery")
+
+    def step(self, name: str) -> Step:
+        for step in self.steps:
+            if step.name == name:
+                return step
+        raise CirkitError(f"pipeline '{self.name}' has no step '{name}' (steps: {', '.join(s.name for s in self.steps)})")
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.stem for p in BUILTIN_DIR.glob("*.yaml"))
+
+
+def builtin_path(name: str) -> Path | None:
+    path = BUILTIN_DIR / f"{name}.yaml"
+    return path if path.is_file() else None
+
+
+def load_pipeline(ref: str | Path, prompt_overrides: dict[str, str] | None = None) -> Pipeline:
+    """A built-in pipeline by name or a pipeline file by path, validated; loads no model."""
+    path = builtin_path(str(ref)) if not _looks_like_path(str(ref)) else None
+    if path is None:
+        path = Path(ref).expanduser()
+        if not path.is_file():
+            hint = "" if _looks_like_path(str(ref)) else f"; built-in pipelines: {', '.join(builtin_names())}"
+            raise CirkitError(f"pipeline not found: {ref}{hint}")
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CirkitError(f"{source}: cannot read pipeline file: {one_line(exc)}") from None
+    except yaml.YAMLError as exc:
+        raise CirkitError(f"{source}: not valid YAML: {one_line(exc)}") from None
+    return validate_pipeline(data, source, text, path.parent, prompt_overrides or {})
+
+
+def validate_pipeline(
+    data: Any, source: str, text: str, base_dir: Path, prompt_overrides: dict[str, str]
+) -> Pipeline:
+    if not isinstance(data, dict):
+        raise CirkitError(f"{source}: a pipeline file must be a mapping with 'name', 'models' and 'steps'")
+    step_names = [s.get("name") if isinstance(s, dict) else None for s in data.get("steps") or []]
+    try:
+        spec = PipelineFile.model_validate(data)
+    except ValidationError as exc:
+        raise CirkitError(f"{source}: {_where(exc, step_names)}") from None
+    for key, model in spec.models.items():
+        try:
+            model.resolve_paths(base_dir)
+        except ValueError as exc:
+            raise CirkitError(f"{source}: model '{key}': {exc}") from None
+    if not spec.steps:
+        raise CirkitError(f"{source}: field 'steps': the pipeline has no steps")
+
+    unknown = set(prompt_overrides) - {s.name for s in spec.steps}
+    if unknown:
+        raise CirkitError(f"--prompt names no step of pipeline '{spec.name}': {', '.join(sorted(unknown))}")
+
+    available = set(QUERY_INPUTS)
+    seen: set[str] = set()
+    steps = []
+    for spec_step in spec.steps:
+        where = f"{source}: step '{spec_step.name}'"
+        if spec_step.name in seen:
+            raise CirkitError(f"{where}: field 'name': another step has the same name")
+        seen.add(spec_step.name)
+        component = COMPONENTS.get(spec_step.kind)
+        if component is None:
+            raise CirkitError(
+                f"{where}: field 'kind': unknown component kind '{spec_step.kind}' "
+                f"(known: {', '.join(sorted(COMPONENTS))})"
+            )
+        if component.model_types:
+            if not spec_step.model:
+                raise CirkitError(f"{where}: field 'model': a {spec_step.kind} step needs a model")
+            model = spec.models.get(spec_step.model)
+            if model is None:
+                raise CirkitError(
+                    f"{where}: field 'model': unknown model reference '{spec_step.model}' "
+                    f"(models in this file: {', '.join(spec.models) or 'none'})"
+                )
+            if model.type not in component.model_types:
+                raise CirkitError(
+                    f"{where}: field 'model': '{spec_step.model}' is a {model.type} model; "
+                    f"a {spec_step.kind} step needs {' or '.join(component.model_types)}"
+                )
+        elif spec_step.model:
+            raise CirkitError(f"{where}: field 'model': a {spec_step.kind} step takes no model")
+
+        prompt_ref = prompt_overrides.get(spec_step.name, spec_step.prompt)
+        prompt = None
+        if component.prompt_variables is not None:
+            if not prompt_ref:
+                raise CirkitError(f"{where}: field 'prompt': a {spec_step.kind} step needs a prompt template")
+            try:
+                prompt = load_prompt(prompt_ref, base_dir)
+            except CirkitError as exc:
+                raise CirkitError(f"{where}: field 'prompt': {exc}") from None
+            missing = [v for v in prompt.variables if v not in component.prompt_variables]
+            if missing:
+                raise CirkitError(
+                    f"{where}: field 'prompt': template '{prompt.name}' uses variable(s) "
+                    f"{', '.join(missing)} that a {spec_step.kind} step does not provide "
+                    f"(it provides: {', '.join(component.prompt_variables) or 'none'})"
+                )
+        elif prompt_ref:
+            raise CirkitError(f"{where}: field 'prompt': a {spec_step.kind} step takes no prompt")
+
+        try:
+            params = component.Params.model_validate(spec_step.params)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(x) for x in err["loc"])
+            raise CirkitError(f"{where}: field 'params.{field}': {err['msg']}") from None
+
+        unknown_inputs = set(spec_step.inputs) - set(component.inputs)
+        if unknown_inputs:
+            raise CirkitError(
+                f"{where}: field 'inputs': a {spec_step.kind} step has no input(s) {', '.join(sorted(unknown_inputs))} "
+                f"(its inputs: {', '.join(component.inputs)})"
+            )
+        wiring = {name: spec_step.inputs.get(name, default) for name, default in component.inputs.items()}
+        for name, value_name in wiring.items():
+            if value_name not in available:
+                raise CirkitError(
+                    f"{where}: field 'inputs.{name}': no earlier step produces '{value_name}' "
+                    f"(available: {', '.join(sorted(available))})"
+                )
+        for out in component.outputs:
+            available |= {out, f"{spec_step.name}.{out}"}
+        steps.append(Step(spec_step, params, prompt, wiring))
+    return Pipeline(spec, steps, source, text)
+
+
+def _where(exc: ValidationError, step_names: list[Any]) -> str:
+    err = exc.errors()[0]
+    loc = list(err["loc"])
+    prefix = ""
+    if len(loc) >= 2 and loc[0] == "steps" and isinstance(loc[1], int):
+        name = step_names[loc[1]] if loc[1] < len(step_names) else None
+        prefix = f"step '{name}': " if name else f"step #{loc[1] + 1}: "
+        loc = loc[2:]
+    elif len(loc) >= 2 and loc[0] == "models":
+        prefix = f"model '{loc[1]}': "
+        loc = loc[2:]
+    field = ".".join(str(x) for x in loc)
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{prefix}field '{field}': {msg}" if field else f"{prefix}{msg}"
+
+
+def _looks_like_path(value: str) -> bool:
+    return (
+        value.startswith((".", "/", "~"))
+        or value.endswith((".yaml", ".yml", ".json", ".pt", ".bin", ".safetensors"))
+        or Path(value).expanduser().exists() and "/" in value
+    )

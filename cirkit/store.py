@@ -1,0 +1,252 @@
+"""The run store: every run and every step's prompts, raw and parsed outputs, models, params,
+timings and errors, in one SQLite file under the data directory.
+
+The data directory is `--data-dir`, else $CIRKIT_DATA_DIR, else the platform's user data
+directory (~/.local/share/cirkit on Linux). Each write is its own transaction, so a failing
+step never loses what earlier steps stored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sqlite3
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cirkit.errors import CirkitError, one_line
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    created_at TEXT NOT NULL,
+    status TEXT NOT NULL,            -- running | ok | failed
+    pipeline_name TEXT NOT NULL,
+    pipeline_hash TEXT NOT NULL,
+    pipeline_source TEXT NOT NULL,
+    pipeline_text TEXT NOT NULL,
+    index_dir TEXT,
+    inputs TEXT NOT NULL,            -- JSON: image path and sha256, modification text
+    results TEXT,                    -- JSON: ranked gallery images
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS steps (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    position INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,            -- ok | failed
+    model TEXT,                      -- JSON: engine, model id, revision, ...
+    params TEXT NOT NULL,            -- JSON
+    prompt_template TEXT,            -- JSON: name, source
+    prompts TEXT NOT NULL,           -- JSON: exactly what was sent to the model
+    raw TEXT NOT NULL,               -- JSON: exactly what the model answered
+    outputs TEXT NOT NULL,           -- JSON: parsed outputs
+    notes TEXT NOT NULL,             -- JSON: fallbacks, truncations, ...
+    seconds REAL NOT NULL,           -- this query's share of the step's batch time
+    error TEXT,
+    PRIMARY KEY (run_id, position)
+);
+CREATE INDEX IF NOT EXISTS runs_created ON runs(created_at);
+"""
+
+
+def default_data_dir() -> Path:
+    from platformdirs import user_data_dir
+
+    return Path(os.environ.get("CIRKIT_DATA_DIR") or user_data_dir("cirkit", appauthor=False))
+
+
+@dataclass
+class StepRecord:
+    position: int
+    name: str
+    kind: str
+    status: str
+    model: dict[str, Any] | None
+    params: dict[str, Any]
+    prompt_template: dict[str, Any] | None
+    prompts: list[Any]
+    raw: list[Any]
+    outputs: dict[str, Any]
+    notes: list[str]
+    seconds: float
+    error: str | None
+
+
+@dataclass
+class RunRecord:
+    id: str
+    created_at: str
+    status: str
+    pipeline_name: str
+    pipeline_hash: str
+    pipeline_source: str
+    pipeline_text: str
+    index_dir: str | None
+    inputs: dict[str, Any]
+    results: list[dict[str, Any]] | None
+    error: str | None
+    steps: list[StepRecord]
+
+    def to_dict(self, with_pipeline_text: bool = False) -> dict[str, Any]:
+        data = {
+            "id": self.id,
+            "created_at": self.created_at,
+            "status": self.status,
+            "pipeline": {"name": self.pipeline_name, "hash": self.pipeline_hash, "source": self.pipeline_source},
+            "index": self.index_dir,
+            "inputs": self.inputs,
+            "steps": [vars(s) for s in self.steps],
+            "results": self.results,
+            "error": self.error,
+        }
+        if with_pipeline_text:
+            data["pipeline"]["text"] = self.pipeline_text
+        return data
+
+
+class RunStore:
+    def __init__(self, data_dir: str | Path | None = None):
+        self.data_dir = Path(data_dir).expanduser() if data_dir else default_data_dir()
+        self.path = self.data_dir / "runs.sqlite3"
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise CirkitError(f"cannot open the run store {self.path}: {one_line(exc)}") from None
+        self.db.row_factory = sqlite3.Row
+
+    def close(self) -> None:
+        self.db.close()
+
+    def start_run(self, *, pipeline, inputs: dict[str, Any], index_dir: str | None) -> str:
+        run_id = uuid.uuid4().hex[:12]
+        self.db.execute(
+            "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                run_id,
+                _now(),
+                "running",
+                pipeline.name,
+                pipeline.hash,
+                pipeline.source,
+                pipeline.text,
+                index_dir,
+                _dumps(inputs),
+                None,
+                None,
+            ),
+        )
+        return run_id
+
+    def add_step(self, run_id: str, step: StepRecord) -> None:
+        self.db.execute(
+            "INSERT INTO steps VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                run_id,
+                step.position,
+                step.name,
+                step.kind,
+                step.status,
+                _dumps(step.model),
+                _dumps(step.params),
+                _dumps(step.prompt_template),
+                _dumps(step.prompts),
+                _dumps(step.raw),
+                _dumps(step.outputs),
+                _dumps(step.notes),
+                step.seconds,
+                step.error,
+            ),
+        )
+
+    def finish_run(self, run_id: str, *, results: list[dict[str, Any]] | None, error: str | None) -> None:
+        self.db.execute(
+            "UPDATE runs SET status=?, results=?, error=? WHERE id=?",
+            ("failed" if error else "ok", _dumps(results), error, run_id),
+        )
+
+    def resolve_id(self, prefix: str) -> str:
+        rows = self.db.execute("SELECT id FROM runs WHERE id LIKE ? LIMIT 2", (prefix.strip() + "%",)).fetchall()
+        if not prefix.strip() or not rows:
+            raise CirkitError(f"unknown run id '{prefix}' (see `cirkit runs list`)")
+        if len(rows) > 1:
+            raise CirkitError(f"run id prefix '{prefix}' is ambiguous: give more characters")
+        return rows[0]["id"]
+
+    def get(self, run_id: str) -> RunRecord:
+        run_id = self.resolve_id(run_id)
+        row = self.db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+        steps = [
+            StepRecord(
+                position=s["position"],
+                name=s["name"],
+                kind=s["kind"],
+                status=s["status"],
+                model=json.loads(s["model"]),
+                params=json.loads(s["params"]),
+                prompt_template=json.loads(s["prompt_template"]),
+                prompts=json.loads(s["prompts"]),
+                raw=json.loads(s["raw"]),
+                outputs=json.loads(s["outputs"]),
+                notes=json.loads(s["notes"]),
+                seconds=s["seconds"],
+                error=s["error"],
+            )
+            for s in self.db.execute("SELECT * FROM steps WHERE run_id=? ORDER BY position", (run_id,))
+        ]
+        return RunRecord(
+            id=row["id"],
+            created_at=row["created_at"],
+            status=row["status"],
+            pipeline_name=row["pipeline_name"],
+            pipeline_hash=row["pipeline_hash"],
+            pipeline_source=row["pipeline_source"],
+            pipeline_text=row["pipeline_text"],
+            index_dir=row["index_dir"],
+            inputs=json.loads(row["inputs"]),
+            results=json.loads(row["results"]) if row["results"] else None,
+            error=row["error"],
+            steps=steps,
+        )
+
+    def list(self, limit: int = 20) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT * FROM runs ORDER BY created_at DESC, rowid DESC LIMIT ?", (limit,)).fetchall()
+        return [
+            {
+                "id": r["id"],
+                "created_at": r["created_at"],
+                "status": r["status"],
+                "pipeline": r["pipeline_name"],
+                "modification": json.loads(r["inputs"]).get("modification"),
+                "image": json.loads(r["inputs"]).get("image"),
+                "error": r["error"],
+            }
+            for r in rows
+        ]
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=_to_json, ensure_ascii=False)
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot store {type(value).__name__} in the run store")
