@@ -308,6 +308,8 @@ def _compact(run: dict[str, Any]) -> dict[str, Any]:
 def main() -> None:
     """Console entry point: user errors as one line on stderr and a non-zero exit, never a traceback."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     _quiet_libraries()
     try:
         app(standalone_mode=False)
@@ -322,10 +324,8 @@ def main() -> None:
     except typer.Abort:
         stderr.print("aborted")
         sys.exit(1)
-    except Exception as exc:  # click usage errors come through here too
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # usage errors from typer's click
             exc.show()
             sys.exit(exc.exit_code)
         if os.environ.get("CIRKIT_DEBUG"):

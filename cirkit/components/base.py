@@ -7,6 +7,7 @@ sent to and got from a model.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -48,3 +49,9 @@ class Component:
 
     def run(self, items: list[dict[str, Any]]) -> list[ItemResult]:
         raise NotImplementedError
+
+
+def clean_text(text: str) -> str:
+    """Model output made fit to pass on: control characters dropped, whitespace collapsed."""
+    kept = "".join(ch if ch in "\n\t" or unicodedata.category(ch) != "Cc" else " " for ch in text)
+    return " ".join(kept.split())

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import Field
 
-from cirkit.components.base import Component, ItemResult
+from cirkit.components.base import Component, ItemResult, clean_text
 from cirkit.engines.base import GenerationParams, GenerationRequest
 
 
@@ -29,10 +29,11 @@ class Caption(Component):
         generations = self.model.generate(requests, self.params)
         results = []
         for gen in generations:
-            result = ItemResult(outputs={"caption": gen.text}, prompts=[messages], raw=[gen.text])
+            caption = clean_text(gen.text)
+            result = ItemResult(outputs={"caption": caption}, prompts=[messages], raw=[gen.text])
             if gen.finish_reason == "length":
                 result.notes.append(f"caption cut at max_new_tokens={self.params.max_new_tokens}")
-            if not gen.text:
-                result.error = "the captioner returned an empty caption"
+            if not caption:
+                result.notes.append("the captioner returned no text")
             results.append(result)
         return results

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from cirkit.components.base import Component, ItemResult
+from cirkit.components.base import Component, ItemResult, clean_text
 from cirkit.engines.base import GenerationParams, GenerationRequest
 
 # Lines that start a new field of the prompt's pattern: the model went on past its answer.
@@ -74,7 +74,7 @@ def parse_answer(raw: str, marker: str | None, marker_in_prompt: bool = False) -
         if _NEXT_FIELD.match(line) or (lines and not line.strip()):
             break
         lines.append(line.strip())
-    answer = " ".join(x for x in lines if x).strip(_QUOTES).strip()
+    answer = clean_text(" ".join(lines)).strip(_QUOTES).strip()
     if not answer:
         return None, "nothing after the marker"
     return answer, ""

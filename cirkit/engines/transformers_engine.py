@@ -101,11 +101,12 @@ class TransformersEngine(Engine):
                     tokenize=True,
                     return_dict=True,
                     return_tensors="pt",
-                    padding=True,
-                    processor_kwargs={"padding_side": "left"},
+                    processor_kwargs={"padding": True, "padding_side": "left"},
                 )
             texts = [_plain_text(r.messages) for r in requests]
-            return self.processor(images=[r.image for r in requests], text=texts, return_tensors="pt", padding=True)
+            return self.processor(
+                images=[r.image for r in requests], text=texts, return_tensors="pt", padding=True, padding_side="left"
+            )
         if self.chat:
             return self.tokenizer.apply_chat_template(
                 [r.messages for r in requests],

@@ -1,0 +1,128 @@
+"""Session fixtures: tiny random-weight models built locally, a small gallery, and a CLI runner.
+
+Models are saved in their standard formats and loaded by the same code users use.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny_models import build_tiny_blip2, build_tiny_clip, build_tiny_llm, build_tiny_qwen2vl  # noqa: E402
+
+
+@dataclass
+class TinyModels:
+    llm: Path
+    blip2: Path
+    qwen2vl: Path
+    clip_config: Path
+    clip_checkpoint: Path
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> TinyModels:
+    root = tmp_path_factory.mktemp("models")
+    config, checkpoint = build_tiny_clip(root / "clip")
+    return TinyModels(
+        llm=build_tiny_llm(root / "llm"),
+        blip2=build_tiny_blip2(root / "blip2"),
+        qwen2vl=build_tiny_qwen2vl(root / "qwen2vl"),
+        clip_config=config,
+        clip_checkpoint=checkpoint,
+    )
+
+
+def write_pipeline(path: Path, models: TinyModels, *, captioner: str = "blip2", extra: str = "", **step_params) -> Path:
+    """A caption -> rewrite -> embed -> search pipeline file over the tiny models."""
+    caption_params = json.dumps({"num_beams": 2, "max_new_tokens": 8, **step_params.get("caption", {})})
+    rewrite_params = json.dumps({"max_new_tokens": 12, **step_params.get("rewrite", {})})
+    path.write_text(
+        f"""name: tiny
+description: tiny random-weight models, for tests
+models:
+  captioner: {{type: vlm, id: "{getattr(models, captioner)}"}}
+  llm: {{type: llm, id: "{models.llm}"}}
+  clip: {{type: clip, name: "{models.clip_config}", pretrained: "{models.clip_checkpoint}"}}
+steps:
+  - {{name: caption, kind: caption, model: captioner, prompt: cirevl-caption, params: {caption_params}}}
+  - {{name: rewrite, kind: rewrite, model: llm, prompt: cirevl-rewrite, params: {rewrite_params}}}
+  - {{name: embed, kind: embed, model: clip}}
+  - {{name: search, kind: search, params: {{k: 20}}}}
+{extra}"""
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tiny_models, tmp_path_factory) -> Path:
+    return write_pipeline(tmp_path_factory.mktemp("pipelines") / "tiny.yaml", tiny_models)
+
+
+def make_gallery(root: Path, count: int, size: tuple[int, int] = (40, 32)) -> Path:
+    """`count` distinct solid-colour JPEGs, a third of them in a subfolder."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "sub").mkdir(exist_ok=True)
+    for i in range(count):
+        colour = ((i * 37) % 256, (i * 91) % 256, (i * 53) % 256)
+        folder = root / "sub" if i % 3 == 0 else root
+        Image.new("RGB", size, colour).save(folder / f"img{i:04d}.jpg", quality=95)
+    return root
+
+
+@pytest.fixture(scope="session")
+def gallery(tmp_path_factory) -> Path:
+    return make_gallery(tmp_path_factory.mktemp("gallery"), 30)
+
+
+@pytest.fixture(scope="session")
+def gallery_index(gallery, tiny_pipeline, tmp_path_factory) -> Path:
+    from cirkit.api import index_folder
+
+    out = tmp_path_factory.mktemp("index") / "idx"
+    index_folder(gallery, out, pipeline=tiny_pipeline)
+    return out
+
+
+@dataclass
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(capsys, tmp_path, monkeypatch):
+    """Run the real `cirkit` entry point in process; the run store lives in a per-test directory."""
+    from cirkit.cli import main
+
+    monkeypatch.setenv("CIRKIT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("COLUMNS", "200")
+
+    def run(*args: str) -> CliResult:
+        capsys.readouterr()
+        monkeypatch.setattr(sys, "argv", ["cirkit", *map(str, args)])
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return run
