@@ -336,11 +336,11 @@ def main() -> None:
 
 
 def _quiet_libraries() -> None:
+    """Libraries log warnings and retries; cirkit reports what matters as one line itself."""
     import logging
     import warnings
 
-    logging.getLogger().setLevel(logging.ERROR)
-    for name in ("transformers", "open_clip", "root", "httpx"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module="open_clip")
+    if os.environ.get("CIRKIT_DEBUG"):
+        return
+    logging.disable(logging.ERROR)
+    warnings.filterwarnings("ignore")

@@ -189,3 +189,14 @@ def test_odd_reference_images_are_converted(tmp_path, gallery_index, tiny_pipeli
     Image.new("CMYK", (40, 30), (0, 255, 255, 0)).save(cmyk)
     run = query(cmyk, "make it blue", gallery_index, pipeline=tiny_pipeline, data_dir=tmp_path)
     assert run["status"] == "ok"
+
+
+def test_long_text_is_truncated_for_clip_with_a_note(tmp_path, gallery, gallery_index, tiny_pipeline):
+    from cirkit.api import query
+
+    long_text = "make it red and " * 40 + "shiny"
+    run = query(gallery / "img0001.jpg", long_text, gallery_index, pipeline=tiny_pipeline, data_dir=tmp_path)
+    embed = run["steps"][2]
+    assert embed["notes"] == ["text longer than CLIP's context length: truncated"]
+    short = query(gallery / "img0001.jpg", "red", gallery_index, pipeline=tiny_pipeline, data_dir=tmp_path)
+    assert short["steps"][2]["notes"] == []
