@@ -33,11 +33,12 @@ def index_folder(
     """
     from cirkit.clip import ClipModel
 
-    if clip:
-        model = ClipModel(clip, pretrained, device=device)
-    else:
+    dtype = "auto"
+    if not clip:
         spec = load_pipeline(pipeline or DEFAULT_PIPELINE).clip_model()
-        model = ModelPool().get(spec.model_copy(update={"device": device}) if device != "auto" else spec)
+        clip, pretrained, dtype = spec.name, spec.pretrained, spec.dtype
+        device = spec.device if device == "auto" else device
+    model = ClipModel(clip, pretrained, device=device, dtype=dtype)
     return build_index(
         images_dir, out, model, batch_size=batch_size, workers=workers, max_pixels=max_pixels, progress=progress
     )

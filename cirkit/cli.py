@@ -312,7 +312,9 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     _quiet_libraries()
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+        if code == 130:  # typer turns Ctrl-C into an exit code when not standalone
+            raise KeyboardInterrupt
     except CirkitError as exc:
         stderr.print(f"[red]error:[/red] {escape(one_line(exc))}")
         sys.exit(1)
@@ -332,7 +334,7 @@ def main() -> None:
             raise
         stderr.print(f"[red]internal error:[/red] {type(exc).__name__}: {escape(one_line(exc))} (set CIRKIT_DEBUG=1 for a traceback)")
         sys.exit(2)
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def _quiet_libraries() -> None:

@@ -17,6 +17,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,7 +163,7 @@ def build_index(
     cache = _Cache(out / CACHE)
     todo: dict[str, Path] = {}
     for e in entries:
-        if e["sha256"] not in cache.vectors and e["sha256"] not in cache.failed and e["sha256"] not in todo:
+        if e["sha256"] not in cache.vectors and e["sha256"] not in todo and not _still_fails(cache.failed.get(e["sha256"]), max_pixels):
             todo[e["sha256"]] = root / e["path"]
     report.reused = len({e["sha256"] for e in entries} - set(todo))
 
@@ -184,7 +185,7 @@ def build_index(
 
     for e in entries:
         reason = cache.failed.get(e["sha256"])
-        if reason:
+        if reason and e["sha256"] not in cache.vectors:
             report.skipped.append({"path": e["path"], "reason": reason})
     entries = [e for e in entries if e["sha256"] in cache.vectors]
     report.skipped.sort(key=lambda s: s["path"])
@@ -216,6 +217,14 @@ def build_index(
     report.removed = len(set(known) - {f.relative_to(root).as_posix() for f in files})
     report.count = len(entries)
     return report
+
+
+def _still_fails(reason: str | None, max_pixels: int) -> bool:
+    """Whether a cached failure holds: a refusal over --max-pixels holds only under the same limit."""
+    if reason is None:
+        return False
+    limit = re.search(r"exceeds the limit of (\d+)$", reason)
+    return limit is None or int(limit.group(1)) == max_pixels
 
 
 class _Cache:
@@ -267,7 +276,9 @@ class _ImageFiles:
     def __getitem__(self, i: int):
         sha, path = self.items[i]
         try:
-            return sha, self.preprocess(load_image(path, self.max_pixels)), None
+            # as numpy: pickled through the worker pipe, not shared as torch tensors by file descriptor,
+            # whose hand-over prints a traceback when Ctrl-C interrupts it
+            return sha, self.preprocess(load_image(path, self.max_pixels)).numpy(), None
         except ImageError as exc:
             return sha, None, str(exc)
         except Exception as exc:  # a preprocessing failure on an odd image must not stop the index
@@ -293,12 +304,20 @@ def _embed(items, clip, batch_size: int, workers: int | None, max_pixels: int) -
         pin_memory=clip.device.startswith("cuda"),
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
+        worker_init_fn=_ignore_ctrl_c if workers else None,
     )
     for batch in loader:
         ok = [(sha, t) for sha, t, _ in batch if t is not None]
         failures = [(sha, reason) for sha, t, reason in batch if t is None]
-        vectors = clip.encode_images(torch.stack([t for _, t in ok])) if ok else np.zeros((0, clip.dim), np.float32)
+        vectors = clip.encode_images(torch.from_numpy(np.stack([t for _, t in ok]))) if ok else np.zeros((0, clip.dim), np.float32)
         yield [sha for sha, _ in ok], vectors, failures
+
+
+def _ignore_ctrl_c(_worker_id: int) -> None:
+    """Decode workers leave Ctrl-C to the main process, which stops them (else each exit waits 5 s)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _prepare_out_dir(out: Path, identity: dict[str, Any]) -> None:
