@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from cirkit.engines import ModelPool
+from cirkit.errors import CirkitError, one_line
 from cirkit.gallery import BuildReport, GalleryIndex, build_index
 from cirkit.images import DEFAULT_MAX_PIXELS
 from cirkit.pipelines import DEFAULT_PIPELINE, load_pipeline
@@ -50,7 +52,7 @@ def query(
     index: str | Path,
     *,
     pipeline: str | Path = DEFAULT_PIPELINE,
-    prompts: dict[str, str] | None = None,
+    prompts: dict[str, str | list[str]] | None = None,
     k: int = 10,
     data_dir: str | Path | None = None,
     models: ModelPool | None = None,
@@ -59,17 +61,71 @@ def query(
     """Retrieve gallery images showing `image` changed as `text` says.
 
     Returns the stored run as a dict: its id, inputs, every step's prompts, raw and parsed outputs,
-    and `results` cut to the top `k`. `prompts` swaps step templates: {"rewrite": "./mine.yaml"}.
+    and `results` cut to the top `k`. `prompts` swaps step templates: {"rewrite": "./mine.yaml"}
+    (a list of templates makes an ensemble).
     """
-    spec = load_pipeline(pipeline, prompts)
+    (run,) = query_many(
+        [Query(image, text)], index, pipeline=pipeline, prompts=prompts, k=k, data_dir=data_dir,
+        models=models, progress=progress, raise_on_failure=True,
+    )
+    return run
+
+
+def query_many(
+    queries: list[Query],
+    index: str | Path,
+    *,
+    pipeline: str | Path = DEFAULT_PIPELINE,
+    prompts: dict[str, str | list[str]] | None = None,
+    k: int = 10,
+    data_dir: str | Path | None = None,
+    models: ModelPool | None = None,
+    progress: bool = False,
+    raise_on_failure: bool = False,
+) -> list[dict[str, Any]]:
+    """Run many queries together: every step is called once per batch over all of them.
+
+    Returns one stored run dict per query, in order; failed runs have status "failed" and an error.
+    """
+    swaps = {step: [refs] if isinstance(refs, str) else list(refs) for step, refs in (prompts or {}).items()}
+    spec = load_pipeline(pipeline, swaps)
     gallery = GalleryIndex.open(index)
     store = RunStore(data_dir)
     try:
-        (run_id,) = run_queries(
-            spec, [Query(image, text)], index=gallery, store=store, models=models, k=k, progress=progress
+        run_ids = run_queries(
+            spec, queries, index=gallery, store=store, models=models, k=k, progress=progress,
+            raise_on_failure=raise_on_failure,
         )
-        run = store.get(run_id).to_dict()
+        runs = [store.get(run_id).to_dict() for run_id in run_ids]
     finally:
         store.close()
-    run["results"] = (run["results"] or [])[:k]
-    return run
+    for run in runs:
+        run["results"] = (run["results"] or [])[:k]
+    return runs
+
+
+def load_queries(path: str | Path) -> list[Query]:
+    """Queries from a JSONL file, one {"image": PATH, "text": MODIFICATION, "id": optional} per line.
+
+    Relative image paths are read relative to the file.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CirkitError(f"cannot read queries file {path}: {one_line(exc)}") from None
+    queries = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise CirkitError(f"{path} line {number}: not JSON ({one_line(exc)})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("image"), str) or not isinstance(record.get("text"), str):
+            raise CirkitError(f'{path} line {number}: expected {{"image": PATH, "text": MODIFICATION}}')
+        image = Path(record["image"]).expanduser()
+        queries.append(Query(image if image.is_absolute() else path.parent / image, record["text"], str(record.get("id", number))))
+    if not queries:
+        raise CirkitError(f"{path}: no queries")
+    return queries

@@ -97,46 +97,77 @@ def index(
 def query(
     ctx: typer.Context,
     index: Annotated[Path, typer.Option("--index", "-i", help="Gallery index directory (from `cirkit index`).")],
-    image: Annotated[Path, typer.Option("--image", help="The reference image.")],
-    text: Annotated[str, typer.Option("--text", "-t", help="How the target differs from the reference image.")],
+    image: Annotated[Optional[Path], typer.Option("--image", help="The reference image.")] = None,
+    text: Annotated[Optional[str], typer.Option("--text", "-t", help="How the target differs from the reference image.")] = None,
+    queries: Annotated[
+        Optional[Path], typer.Option("--queries", help='JSONL file of queries, one {"image", "text", "id"} per line, run as one batch.')
+    ] = None,
     pipeline: Annotated[str, typer.Option("--pipeline", "-p", help="Built-in pipeline name or pipeline file.")] = "cirevl",
     prompt: Annotated[
-        Optional[list[str]], typer.Option("--prompt", help="Swap a step's template: STEP=NAME_OR_FILE (repeatable).")
+        Optional[list[str]], typer.Option("--prompt", help="Swap a step's template: STEP=NAME_OR_FILE (repeat a step for an ensemble).")
     ] = None,
     k: Annotated[int, typer.Option("-k", min=1, help="How many results to show.")] = 10,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: results, run id, intermediates.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON: results, run id, intermediates (one line per query with --queries).")] = False,
 ) -> None:
     """Find gallery images that show the reference image changed as the text says."""
-    from cirkit.api import query as run_query
+    from cirkit.api import load_queries, query_many
+    from cirkit.pipelines.runner import Query
 
-    run = run_query(
-        image,
-        text,
+    if queries is not None and (image is not None or text is not None):
+        raise CirkitError("give either --queries FILE or --image and --text, not both")
+    if queries is None and (image is None or text is None):
+        raise CirkitError("give --image and --text (or --queries FILE)")
+    batch = load_queries(queries) if queries is not None else [Query(image, text)]
+    runs = query_many(
+        batch,
         index,
         pipeline=pipeline,
         prompts=_parse_prompt_swaps(prompt or []),
         k=k,
         data_dir=ctx.obj["data_dir"],
         progress=not as_json,
+        raise_on_failure=queries is None,
     )
-    if as_json:
-        stdout.print_json(data=_compact(run))
+    if queries is None:
+        run = runs[0]
+        if as_json:
+            stdout.print_json(data=_compact(run))
+            return
+        _print_results(run["results"])
+        for step in run["steps"]:
+            outputs = step["outputs"]
+            if "caption" in outputs:
+                stdout.print(f"[bold]caption[/bold] ({step['name']}): {escape(outputs['caption'])}")
+            for i, description in enumerate(outputs.get("descriptions", [])):
+                label = f" {i + 1}" if len(outputs["descriptions"]) > 1 else ""
+                stdout.print(f"[bold]description{label}[/bold] ({step['name']}): {escape(description)}")
+        stdout.print(f"run id: {run['id']}  (inspect with: cirkit runs show {run['id']})")
         return
-    _print_results(run["results"])
-    for step in run["steps"]:
-        for key in ("caption", "description"):
-            if key in step["outputs"]:
-                stdout.print(f"[bold]{key}[/bold] ({step['name']}): {escape(str(step['outputs'][key]))}")
-    stdout.print(f"run id: {run['id']}  (inspect with: cirkit runs show {run['id']})")
+    failed = [run for run in runs if run["status"] != "ok"]
+    if as_json:
+        for run in runs:
+            print(json.dumps(_compact(run), ensure_ascii=False))
+    else:
+        table = Table("query", "run id", "status", "top result", "score", title=f"{len(runs)} queries")
+        for run in runs:
+            top = run["results"][0] if run["results"] else None
+            table.add_row(
+                escape(run["inputs"].get("query_id", "")), run["id"], run["status"],
+                escape(top["path"]) if top else escape(run["error"] or ""), f"{top['score']:.4f}" if top else "",
+            )
+        stdout.print(table)
+    if failed:
+        raise CirkitError(f"{len(failed)} of {len(runs)} queries failed (see `cirkit runs show RUN_ID`): {failed[0]['error']}")
 
 
-def _parse_prompt_swaps(items: list[str]) -> dict[str, str]:
-    swaps = {}
+def _parse_prompt_swaps(items: list[str]) -> dict[str, list[str]]:
+    """STEP=TEMPLATE flags; naming a step twice gives it an ensemble of templates."""
+    swaps: dict[str, list[str]] = {}
     for item in items:
         step, sep, template = item.partition("=")
         if not sep or not step.strip() or not template.strip():
             raise CirkitError(f"--prompt expects STEP=TEMPLATE, got '{item}'")
-        swaps[step.strip()] = template.strip()
+        swaps.setdefault(step.strip(), []).append(template.strip())
     return swaps
 
 
@@ -259,13 +290,23 @@ def runs_show(
         if step.model:
             lines.append("model: " + ", ".join(f"{k}={v}" for k, v in step.model.items() if v is not None))
         lines.append("params: " + ", ".join(f"{k}={v}" for k, v in step.params.items()))
-        if step.prompt_template:
-            lines.append(f"template: {step.prompt_template['name']} ({step.prompt_template['source']})")
+        for template in step.templates:
+            lines.append(f"template: {template['name']} ({template['source']})")
         for i, prompt in enumerate(step.prompts):
             lines.append(f"[bold]sent[/bold]{f' #{i + 1}' if len(step.prompts) > 1 else ''}:\n{escape(_render_prompt(prompt))}")
         for i, raw in enumerate(step.raw):
             lines.append(f"[bold]raw answer[/bold]{f' #{i + 1}' if len(step.raw) > 1 else ''}:\n{escape(str(raw))}")
         for key, value in step.outputs.items():
+            if key == "sources":
+                continue
+            if key == "descriptions" and len(value) > 1:
+                sources = step.outputs.get("sources") or [{}] * len(value)
+                for i, (text, source) in enumerate(zip(value, sources)):
+                    origin = f" ({source['template']}, sample {source['sample']})" if source else ""
+                    lines.append(f"[bold]description {i + 1}[/bold]{escape(origin)}: {escape(text)}")
+                continue
+            if key == "descriptions":
+                continue
             lines.append(f"[bold]{key}[/bold]: {escape(_summarize(value))}")
         for note in step.notes:
             lines.append(f"[yellow]note: {escape(note)}[/yellow]")
@@ -284,21 +325,22 @@ def _render_prompt(prompt: Any) -> str:
 
 
 def _summarize(value: Any) -> str:
-    if isinstance(value, list) and value and isinstance(value[0], float):
-        return f"vector of {len(value)} floats"
+    if _is_vectors(value):
+        return f"{len(value)} vector(s) of {len(value[0])} floats"
     if isinstance(value, list) and value and isinstance(value[0], dict) and "rank" in value[0]:
         top = value[0]
         return f"{len(value)} ranked images (top: {top['path']} {top['score']:.4f})"
     return str(value)
 
 
+def _is_vectors(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and isinstance(value[0], list) and bool(value[0]) and isinstance(value[0][0], float)
+
+
 def _compact(run: dict[str, Any]) -> dict[str, Any]:
-    """The run for --json output: vectors replaced by their length."""
+    """The run for --json output: vectors replaced by a summary (`runs show --json` has them all)."""
     for step in run["steps"]:
-        step["outputs"] = {
-            key: (_summarize(v) if isinstance(v, list) and v and isinstance(v[0], float) else v)
-            for key, v in step["outputs"].items()
-        }
+        step["outputs"] = {key: (_summarize(v) if _is_vectors(v) else v) for key, v in step["outputs"].items()}
     return run
 
 

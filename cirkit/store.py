@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS steps (
     status TEXT NOT NULL,            -- ok | failed
     model TEXT,                      -- JSON: engine, model id, revision, ...
     params TEXT NOT NULL,            -- JSON
-    prompt_template TEXT,            -- JSON: name, source
+    templates TEXT NOT NULL,         -- JSON: [{name, source}] of the prompt templates used
     prompts TEXT NOT NULL,           -- JSON: exactly what was sent to the model
     raw TEXT NOT NULL,               -- JSON: exactly what the model answered
     outputs TEXT NOT NULL,           -- JSON: parsed outputs
@@ -70,7 +70,7 @@ class StepRecord:
     status: str
     model: dict[str, Any] | None
     params: dict[str, Any]
-    prompt_template: dict[str, Any] | None
+    templates: list[dict[str, str]]
     prompts: list[Any]
     raw: list[Any]
     outputs: dict[str, Any]
@@ -158,7 +158,7 @@ class RunStore:
                 step.status,
                 _dumps(step.model),
                 _dumps(step.params),
-                _dumps(step.prompt_template),
+                _dumps(step.templates),
                 _dumps(step.prompts),
                 _dumps(step.raw),
                 _dumps(step.outputs),
@@ -193,7 +193,7 @@ class RunStore:
                 status=s["status"],
                 model=json.loads(s["model"]),
                 params=json.loads(s["params"]),
-                prompt_template=json.loads(s["prompt_template"]),
+                templates=json.loads(s["templates"]),
                 prompts=json.loads(s["prompts"]),
                 raw=json.loads(s["raw"]),
                 outputs=json.loads(s["outputs"]),

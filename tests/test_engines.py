@@ -18,8 +18,8 @@ def test_llm_batch_equals_one_at_a_time(tiny_models):
     engine = load_model(ModelSpec(type="llm", id=str(tiny_models.llm)))
     prompts = ["a red dress", "a small blue circle on a white background and more words", "make it green"]
     params = GenerationParams(max_new_tokens=6, batch_size=8)
-    batched = engine.generate([GenerationRequest(_user(p)) for p in prompts], params)
-    single = [engine.generate([GenerationRequest(_user(p))], params)[0] for p in prompts]
+    batched = [g for (g,) in engine.generate([GenerationRequest(_user(p)) for p in prompts], params)]
+    single = [engine.generate([GenerationRequest(_user(p))], params)[0][0] for p in prompts]
     assert [g.text for g in batched] == [g.text for g in single]
     assert all(g.text and g.finish_reason == "length" for g in batched)
     info = engine.describe()
@@ -34,7 +34,26 @@ def test_batches_report_progress_and_keep_order(tiny_models):
     out = engine.generate([GenerationRequest(_user(p)) for p in prompts], params, on_batch=seen.append)
     assert seen == [2, 2, 1]
     alone = engine.generate([GenerationRequest(_user(prompts[0]))], params)
-    assert out[0].text == alone[0].text
+    assert out[0][0].text == alone[0][0].text
+
+
+def test_n_samples_per_request(tiny_models):
+    engine = load_model(ModelSpec(type="llm", id=str(tiny_models.llm)))
+    requests = [GenerationRequest(_user("a red dress")), GenerationRequest(_user("make it blue"))]
+    sampled = engine.generate(requests, GenerationParams(max_new_tokens=6, n=3, temperature=1.0, seed=1))
+    assert [len(x) for x in sampled] == [3, 3]
+    assert len({g.text for g in sampled[0]}) > 1  # samples differ
+    again = engine.generate(requests, GenerationParams(max_new_tokens=6, n=3, temperature=1.0, seed=1))
+    assert [[g.text for g in x] for x in again] == [[g.text for g in x] for x in sampled]  # the seed fixes them
+    beams = engine.generate(requests, GenerationParams(max_new_tokens=4, n=2, num_beams=2))
+    assert [len(x) for x in beams] == [2, 2]
+
+
+def test_n_without_sampling_or_beams_is_rejected():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="n > 1 needs temperature > 0"):
+        GenerationParams(n=2)
 
 
 @pytest.mark.parametrize("which", ["blip2", "qwen2vl"])
@@ -43,8 +62,8 @@ def test_vlm_captions_images_in_batches(tiny_models, which):
     images = [Image.new("RGB", (64, 48), (200, 30, 30)), Image.new("RGB", (30, 30), (20, 40, 220))]
     params = GenerationParams(max_new_tokens=5, num_beams=2)
     requests = [GenerationRequest(_user("Describe the image."), image=im) for im in images]
-    batched = engine.generate(requests, params)
-    single = [engine.generate([r], params)[0] for r in requests]
+    batched = [g for (g,) in engine.generate(requests, params)]
+    single = [engine.generate([r], params)[0][0] for r in requests]
     assert [g.text for g in batched] == [g.text for g in single]
     assert all(g.text for g in batched)
     with pytest.raises(CirkitError, match="needs an image"):

@@ -37,12 +37,12 @@ def test_builtin_cirevl_reproduces_the_paper_settings():
     caption, rewrite = p.steps[0], p.steps[1]
     assert p.model_for(caption).id == "Salesforce/blip2-flan-t5-xl"
     assert caption.params.num_beams == 5 and caption.params.max_new_tokens == 30
-    assert caption.prompt.render() == [
+    assert caption.prompts[0].render() == [
         {"role": "user", "content": "Describe the image in complete detail. You must especially focus on all the objects in the image"}
     ]
     assert rewrite.params.temperature == 0
-    assert rewrite.prompt.spec.output.after == "Edited Description:"
-    user = rewrite.prompt.render(caption="a dog", modification="make it red")[-1]["content"]
+    assert rewrite.prompts[0].spec.output.after == "Edited Description:"
+    user = rewrite.prompts[0].render(caption="a dog", modification="make it red")[-1]["content"]
     assert user.endswith("\nImage Content: a dog\nInstruction: make it red")
     clip = p.clip_model()
     assert (clip.name, clip.pretrained) == ("ViT-L-14", "openai")
@@ -73,7 +73,7 @@ def test_good_file_validates(tmp_path):
         ("prompt: cirevl-rewrite}", "prompt: no-such-template}", "step 'rewrite': field 'prompt': unknown prompt 'no-such-template'"),
         ("type: clip,", "type: klip,", "model 'clip': field 'type'"),
         ("{name: search, kind: search, params: {k: 10}}", "{name: search, kind: search, inputs: {vector: nothing}}", "step 'search': field 'inputs'"),
-        ("{name: embed, kind: embed, model: clip}", "{name: embed, kind: embed, model: clip, inputs: {text: later}}", "field 'inputs.text': no earlier step produces 'later'"),
+        ("{name: embed, kind: embed, model: clip}", "{name: embed, kind: embed, model: clip, inputs: {texts: later}}", "field 'inputs.texts': no earlier step produces 'later'"),
         ("{name: embed,", "{name: caption,", "field 'name': another step has the same name"),
     ],
 )

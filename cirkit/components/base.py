@@ -39,12 +39,13 @@ class Component:
     model_types: ClassVar[tuple[str, ...]] = ()
     # variables the component fills in its prompt template; None when it takes no prompt
     prompt_variables: ClassVar[tuple[str, ...] | None] = None
+    max_prompts: ClassVar[int | None] = 1  # None: any number of templates (an ensemble)
     Params: ClassVar[type[BaseModel]] = NoParams
 
-    def __init__(self, params: BaseModel, *, model: Any = None, prompt: Any = None, index: Any = None):
+    def __init__(self, params: BaseModel, *, model: Any = None, prompts: list[Any] = (), index: Any = None):
         self.params = params
         self.model = model
-        self.prompt = prompt
+        self.prompts = list(prompts)
         self.index = index
 
     def run(self, items: list[dict[str, Any]]) -> list[ItemResult]:

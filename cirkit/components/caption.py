@@ -12,6 +12,7 @@ from cirkit.engines.base import GenerationParams, GenerationRequest
 
 class CaptionParams(GenerationParams):
     max_new_tokens: int = Field(30, ge=1, le=32768)
+    n: int = Field(1, ge=1, le=1)
 
 
 class Caption(Component):
@@ -24,11 +25,11 @@ class Caption(Component):
     Params = CaptionParams
 
     def run(self, items: list[dict[str, Any]]) -> list[ItemResult]:
-        messages = self.prompt.render()
+        messages = self.prompts[0].render()
         requests = [GenerationRequest(messages=messages, image=item["image"]) for item in items]
         generations = self.model.generate(requests, self.params)
         results = []
-        for gen in generations:
+        for (gen,) in generations:
             caption = clean_text(gen.text)
             result = ItemResult(outputs={"caption": caption}, prompts=[messages], raw=[gen.text])
             if gen.finish_reason == "length":

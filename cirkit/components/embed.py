@@ -1,4 +1,4 @@
-"""embed: CLIP text vectors (L2-normalized) of a text, e.g. the rewritten description."""
+"""embed: CLIP text vectors (L2-normalized) of one text or of an ensemble of texts."""
 
 from __future__ import annotations
 
@@ -16,19 +16,24 @@ class EmbedParams(BaseModel):
 
 class Embed(Component):
     kind = "embed"
-    description = "Embed a text with CLIP (L2-normalized)."
-    inputs = {"text": "description"}
-    outputs = ("query_vector",)
+    description = "Embed texts with CLIP (L2-normalized), one vector per text."
+    inputs = {"texts": "descriptions"}
+    outputs = ("query_vectors",)
     model_types = ("clip",)
     Params = EmbedParams
 
     def run(self, items: list[dict[str, Any]]) -> list[ItemResult]:
-        texts = [item["text"] for item in items]
-        vectors, truncated = self.model.encode_texts(texts, batch_size=self.params.batch_size)
-        results = []
-        for text, vector, cut in zip(texts, vectors, truncated):
-            result = ItemResult(outputs={"query_vector": vector}, prompts=[text])
+        per_item = [[t] if isinstance(t, str) else list(t) for t in (item["texts"] for item in items)]
+        flat = [text for texts in per_item for text in texts]
+        vectors, truncated = self.model.encode_texts(flat, batch_size=self.params.batch_size)
+        results, start = [], 0
+        for texts in per_item:
+            end = start + len(texts)
+            result = ItemResult(outputs={"query_vectors": vectors[start:end]}, prompts=texts)
+            cut = [i + 1 for i in range(len(texts)) if truncated[start + i]]
             if cut:
-                result.notes.append("text longer than CLIP's context length: truncated")
+                which = "" if len(texts) == 1 else f" (text {', '.join(map(str, cut))})"
+                result.notes.append(f"text longer than CLIP's context length: truncated{which}")
             results.append(result)
+            start = end
         return results

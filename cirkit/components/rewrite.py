@@ -1,4 +1,8 @@
-"""rewrite: an LLM edits the reference caption as the modification text asks."""
+"""rewrite: an LLM edits the reference caption as the modification text asks.
+
+With several templates (paraphrased instructions) and/or `n` samples per template, the step
+produces an ensemble of descriptions, template-major: template 1 sample 1..n, template 2 ...
+"""
 
 from __future__ import annotations
 
@@ -26,31 +30,44 @@ class RewriteParams(GenerationParams):
 
 class Rewrite(Component):
     kind = "rewrite"
-    description = "Edit the caption according to the modification text with an LLM."
+    description = "Edit the caption according to the modification text with an LLM (one or several templates, n samples)."
     inputs = {"caption": "caption", "modification": "modification"}
-    outputs = ("description",)
+    outputs = ("description", "descriptions", "sources")
     model_types = ("llm", "vlm")
     prompt_variables = ("caption", "modification")
+    max_prompts = None
     Params = RewriteParams
 
     def run(self, items: list[dict[str, Any]]) -> list[ItemResult]:
-        conversations = [self.prompt.render(caption=i["caption"], modification=i["modification"]) for i in items]
-        generations = self.model.generate([GenerationRequest(messages=m) for m in conversations], self.params)
-        marker = self.prompt.spec.output.after
+        conversations = [
+            [template.render(caption=item["caption"], modification=item["modification"]) for template in self.prompts]
+            for item in items
+        ]
+        requests = [GenerationRequest(messages=m) for per_item in conversations for m in per_item]
+        generations = self.model.generate(requests, self.params)
+        per_item = len(self.prompts)
         results = []
-        for item, messages, gen in zip(items, conversations, generations):
-            result = ItemResult(prompts=[messages], raw=[gen.text])
-            prompt_ends_with_marker = bool(marker) and messages[-1]["content"].rstrip().endswith(marker)
-            parsed, problem = parse_answer(gen.text, marker, marker_in_prompt=prompt_ends_with_marker)
-            if gen.finish_reason == "length":
-                result.notes.append(f"answer cut at max_new_tokens={self.params.max_new_tokens}")
-            if parsed is None:
-                if self.params.fallback == "error":
-                    result.error = f"cannot parse the LLM's answer: {problem}"
-                else:
-                    parsed = f"{item['caption']} {item['modification']}"
-                    result.notes.append(f"fallback to caption + modification: {problem}")
-            result.outputs["description"] = parsed
+        for i, item in enumerate(items):
+            result = ItemResult(prompts=conversations[i])
+            descriptions, sources = [], []
+            for t, template in enumerate(self.prompts):
+                messages = conversations[i][t]
+                marker = template.spec.output.after
+                prompt_ends_with_marker = bool(marker) and messages[-1]["content"].rstrip().endswith(marker)
+                for sample, gen in enumerate(generations[i * per_item + t]):
+                    label = f"rewrite {len(descriptions) + 1} ({template.name}, sample {sample + 1})"
+                    result.raw.append(gen.text)
+                    parsed, problem = parse_answer(gen.text, marker, marker_in_prompt=prompt_ends_with_marker)
+                    if gen.finish_reason == "length":
+                        result.notes.append(f"{label}: answer cut at max_new_tokens={self.params.max_new_tokens}")
+                    if parsed is None:
+                        if self.params.fallback == "error":
+                            result.error = f"cannot parse the LLM's answer ({label}): {problem}"
+                        parsed = f"{item['caption']} {item['modification']}"
+                        result.notes.append(f"{label}: fallback to caption + modification: {problem}")
+                    descriptions.append(parsed)
+                    sources.append({"template": template.name, "sample": sample + 1})
+            result.outputs = {"description": descriptions[0], "descriptions": descriptions, "sources": sources}
             results.append(result)
         return results
 

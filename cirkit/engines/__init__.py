@@ -15,6 +15,18 @@ def load_model(spec) -> Any:
         from cirkit.clip import ClipModel
 
         return ClipModel(spec.name, spec.pretrained, device=spec.device, dtype=spec.dtype)
+    if spec.engine == "vllm":
+        from cirkit.engines.vllm_engine import VllmEngine
+
+        return VllmEngine(spec)
+    if spec.engine == "openai":
+        from cirkit.engines.openai_engine import OpenAIEngine
+
+        return OpenAIEngine(spec)
+    if spec.engine == "langchain":
+        from cirkit.engines.langchain_engine import LangChainEngine
+
+        return LangChainEngine(spec)
     from cirkit.engines.transformers_engine import TransformersEngine
 
     return TransformersEngine(

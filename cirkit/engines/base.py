@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class GenerationParams(BaseModel):
@@ -19,8 +19,15 @@ class GenerationParams(BaseModel):
     temperature: float = Field(0.0, ge=0.0, le=5.0)  # 0 = greedy (or beam search with num_beams > 1)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     num_beams: int = Field(1, ge=1, le=32)
+    n: int = Field(1, ge=1, le=256)  # generations per request (samples, or the top beams)
     seed: int = 0
     batch_size: int = Field(8, ge=1, le=4096)
+
+    @model_validator(mode="after")
+    def _n_needs_sampling_or_beams(self) -> "GenerationParams":
+        if self.n > 1 and self.temperature == 0 and self.num_beams < self.n:
+            raise ValueError("n > 1 needs temperature > 0 (samples) or num_beams >= n (top beams)")
+        return self
 
     def decoding(self) -> dict[str, Any]:
         """The parameters that shape the output, for the trace and the cache key."""
@@ -48,8 +55,8 @@ class Engine(ABC):
         requests: list[GenerationRequest],
         params: GenerationParams,
         on_batch: Callable[[int], None] | None = None,
-    ) -> list[Generation]:
-        """One generation per request, in order; `on_batch(n)` after each batch of n requests."""
+    ) -> list[list[Generation]]:
+        """`params.n` generations per request, in request order; `on_batch(k)` after each batch of k requests."""
 
     @abstractmethod
     def describe(self) -> dict[str, Any]:

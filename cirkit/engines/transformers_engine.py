@@ -73,11 +73,11 @@ class TransformersEngine(Engine):
         requests: list[GenerationRequest],
         params: GenerationParams,
         on_batch: Callable[[int], None] | None = None,
-    ) -> list[Generation]:
+    ) -> list[list[Generation]]:
         import torch
 
         torch.manual_seed(params.seed)
-        results: list[Generation | None] = [None] * len(requests)
+        results: list[list[Generation] | None] = [None] * len(requests)
         # Similar lengths together: less padding per batch.
         order = sorted(range(len(requests)), key=lambda i: sum(len(m["content"]) for m in requests[i].messages))
         for start in range(0, len(order), params.batch_size):
@@ -118,7 +118,7 @@ class TransformersEngine(Engine):
             )
         return self.tokenizer([_plain_text(r.messages) for r in requests], return_tensors="pt", padding=True)
 
-    def _generate_batch(self, requests: list[GenerationRequest], params: GenerationParams) -> list[Generation]:
+    def _generate_batch(self, requests: list[GenerationRequest], params: GenerationParams) -> list[list[Generation]]:
         import torch
 
         inputs = self._encode(requests).to(self.device)
@@ -127,6 +127,7 @@ class TransformersEngine(Engine):
         kwargs: dict[str, Any] = {
             "max_new_tokens": params.max_new_tokens,
             "num_beams": params.num_beams,
+            "num_return_sequences": params.n,
             "pad_token_id": self.tokenizer.pad_token_id,
         }
         if params.temperature > 0:
@@ -135,7 +136,7 @@ class TransformersEngine(Engine):
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         with torch.inference_mode():
             out = self.model.generate(**inputs, **kwargs)
-        prompt_ids = inputs["input_ids"]
+        prompt_ids = inputs["input_ids"].repeat_interleave(params.n, dim=0)
         # Decoder-only models return prompt + answer; encoder-decoder ones the answer alone.
         if out.shape[1] >= prompt_ids.shape[1] and torch.equal(out[:, : prompt_ids.shape[1]], prompt_ids):
             out = out[:, prompt_ids.shape[1] :]
@@ -150,7 +151,7 @@ class TransformersEngine(Engine):
                 reason = "length" if len(row) >= params.max_new_tokens else "stop"
             text = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
             generations.append(Generation(text=text, finish_reason=reason))
-        return generations
+        return [generations[i : i + params.n] for i in range(0, len(generations), params.n)]
 
 
 def _plain_text(messages: list[dict[str, str]]) -> str:

@@ -28,6 +28,7 @@ MAX_MODIFICATION_CHARS = 4000
 class Query:
     image: str | Path
     modification: str
+    id: str | None = None  # the user's name for the query (a line of a queries file, a benchmark id)
 
 
 def run_queries(
@@ -39,9 +40,11 @@ def run_queries(
     models: ModelPool | None = None,
     k: int | None = None,
     progress: bool = True,
+    raise_on_failure: bool = True,
 ) -> list[str]:
-    """Run the pipeline over the queries; returns their run ids (in order). Raises CirkitError
-    on bad input (before anything is stored) or when a step fails (after storing the runs)."""
+    """Run the pipeline over the queries, each step once for the whole batch; returns the run ids
+    in query order. Bad input raises CirkitError before anything is stored. A failing step is stored
+    with its runs; then CirkitError is raised, unless raise_on_failure is False."""
     models = models or ModelPool()
     contexts = [_query_context(q) for q in queries]
 
@@ -68,7 +71,7 @@ def run_queries(
             try:
                 model = models.get(model_spec) if model_spec else None
                 model_info = model.describe() if model is not None else None
-                component = step.component(params, model=model, prompt=step.prompt, index=index)
+                component = step.component(params, model=model, prompts=step.prompts, index=index)
                 results = component.run(items)
             except CirkitError as exc:
                 results = [ItemResult(error=str(exc)) for _ in live]
@@ -86,7 +89,7 @@ def run_queries(
                     status="failed" if result.error else "ok",
                     model=model_info,
                     params=params.model_dump(),
-                    prompt_template={"name": step.prompt.name, "source": step.prompt.source} if step.prompt else None,
+                    templates=[{"name": p.name, "source": p.source} for p in step.prompts],
                     prompts=result.prompts,
                     raw=result.raw,
                     outputs=result.outputs,
@@ -107,27 +110,27 @@ def run_queries(
         live = still_live
     for i in live:
         store.finish_run(run_ids[i], results=contexts[i].get("results"), error=None)
-    if failures:
+    if failures and raise_on_failure:
         more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
         raise CirkitError(failures[0] + more)
     return run_ids
 
 
 def _query_context(query: Query) -> dict[str, Any]:
+    which = f"query {query.id}: " if query.id is not None else ""
     text = (query.modification or "").strip()
     if not text:
-        raise CirkitError("the modification text is empty: say how the target differs from the reference image")
+        raise CirkitError(f"{which}the modification text is empty: say how the target differs from the reference image")
     if len(text) > MAX_MODIFICATION_CHARS:
-        raise CirkitError(f"the modification text is {len(text)} characters long; the limit is {MAX_MODIFICATION_CHARS}")
+        raise CirkitError(f"{which}the modification text is {len(text)} characters long; the limit is {MAX_MODIFICATION_CHARS}")
     path = Path(query.image).expanduser()
     try:
         image = load_image(path)
         sha = image_sha256(path)
     except ImageError as exc:
-        raise CirkitError(f"reference image {query.image}: {exc}") from None
-    return {
-        "image": image,
-        "modification": text,
-        "_inputs": {"image": str(path.resolve()), "image_sha256": sha, "modification": text},
-    }
+        raise CirkitError(f"{which}reference image {query.image}: {exc}") from None
+    inputs = {"image": str(path.resolve()), "image_sha256": sha, "modification": text}
+    if query.id is not None:
+        inputs["query_id"] = query.id
+    return {"image": image, "modification": text, "_inputs": inputs}
 

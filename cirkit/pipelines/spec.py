@@ -20,22 +20,34 @@ BUILTIN_DIR = Path(__file__).parent / "builtin"
 
 
 class ModelSpec(BaseModel):
-    """A model a step uses.
+    """A model a step uses, and the engine that reaches it.
 
-    vlm / llm (engine `transformers`): `id` is a Hugging Face id or a local directory.
+    vlm / llm engines:
+      transformers  in process; `id` is a Hugging Face id or a local directory
+      vllm          in process (optional extra); `id` as for transformers, `options` go to vllm.LLM
+      openai        any OpenAI-compatible server: `base_url`, `id` = the served model name,
+                    the API key read from the environment variable `api_key_env` (if set)
+      langchain     any langchain-core chat model: `class_path` ("package.module:Class"), `options` its kwargs
     clip (engine `open_clip`): `name` + `pretrained` tag (or checkpoint path), or a local model
     config JSON as `name` + a checkpoint as `pretrained`.
     """
 
     model_config = ConfigDict(extra="forbid")
     type: Literal["vlm", "llm", "clip"]
-    engine: Literal["transformers", "open_clip"] | None = None
+    engine: Literal["transformers", "vllm", "openai", "langchain", "open_clip"] | None = None
     id: str | None = None
     revision: str | None = None
     name: str | None = None
     pretrained: str | None = None
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     device: str = "auto"
+    base_url: str | None = None
+    api_key_env: str | None = None
+    timeout: float = Field(120.0, gt=0)
+    max_concurrency: int = Field(8, ge=1, le=1024)
+    max_retries: int = Field(5, ge=0, le=100)
+    class_path: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
@@ -45,17 +57,22 @@ class ModelSpec(BaseModel):
                 raise ValueError("a clip model runs on engine 'open_clip'")
             if not self.name:
                 raise ValueError("a clip model needs 'name' (open_clip model name or config JSON path)")
-        else:
-            self.engine = self.engine or "transformers"
-            if self.engine != "transformers":
-                raise ValueError(f"a {self.type} model runs on engine 'transformers'")
-            if not self.id:
-                raise ValueError(f"a {self.type} model needs 'id' (Hugging Face id or local directory)")
+            return self
+        self.engine = self.engine or "transformers"
+        if self.engine == "open_clip":
+            raise ValueError(f"a {self.type} model runs on engine transformers, vllm, openai or langchain")
+        if self.engine in ("transformers", "vllm") and not self.id:
+            raise ValueError(f"a {self.type} model on {self.engine} needs 'id' (Hugging Face id or local directory)")
+        if self.engine == "openai" and not (self.base_url and self.id):
+            raise ValueError("an openai-engine model needs 'base_url' and 'id' (the model name the server serves)")
+        if self.engine == "langchain" and not self.class_path:
+            raise ValueError("a langchain-engine model needs 'class_path', e.g. langchain_openai:ChatOpenAI")
         return self
 
     def resolve_paths(self, base_dir: Path) -> None:
         """Make file references relative to the pipeline file absolute."""
-        for field in ("id", "name", "pretrained"):
+        fields = ("id", "name", "pretrained") if self.engine in ("transformers", "vllm", "open_clip") else ()
+        for field in fields:
             value = getattr(self, field)
             if value and _looks_like_path(value):
                 path = Path(value).expanduser()
@@ -71,7 +88,7 @@ class StepSpec(BaseModel):
     name: str
     kind: str
     model: str | None = None
-    prompt: str | None = None
+    prompt: str | list[str] | None = None  # one template, or several for an ensemble
     inputs: dict[str, str] = Field(default_factory=dict)
     params: dict[str, Any] = Field(default_factory=dict)
 
@@ -85,15 +102,15 @@ class PipelineFile(BaseModel):
 
 
 class Step:
-    """A validated step: its component class, parsed params, prompt and input wiring."""
+    """A validated step: its component class, parsed params, prompt templates and input wiring."""
 
-    def __init__(self, spec: StepSpec, params: BaseModel, prompt: Prompt | None, inputs: dict[str, str]):
+    def __init__(self, spec: StepSpec, params: BaseModel, prompts: list[Prompt], inputs: dict[str, str]):
         self.spec = spec
         self.name = spec.name
         self.kind = spec.kind
         self.component = COMPONENTS[spec.kind]
         self.params = params
-        self.prompt = prompt
+        self.prompts = prompts
         self.inputs = inputs
 
 
@@ -119,8 +136,8 @@ class Pipeline:
         """Content hash of the pipeline as it runs: the file plus the prompt templates it uses."""
         h = hashlib.sha256(self.text.encode())
         for step in self.steps:
-            if step.prompt:
-                h.update(f"\x00{step.name}\x00{step.prompt.text}".encode())
+            for prompt in step.prompts:
+                h.update(f"\x00{step.name}\x00{prompt.text}".encode())
         return h.hexdigest()
 
     def model_for(self, step: Step) -> ModelSpec | None:
@@ -150,7 +167,7 @@ def builtin_path(name: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def load_pipeline(ref: str | Path, prompt_overrides: dict[str, str] | None = None) -> Pipeline:
+def load_pipeline(ref: str | Path, prompt_overrides: dict[str, list[str]] | None = None) -> Pipeline:
     """A built-in pipeline by name or a pipeline file by path, validated; loads no model."""
     path = builtin_path(str(ref)) if not _looks_like_path(str(ref)) else None
     if path is None:
@@ -170,7 +187,7 @@ def load_pipeline(ref: str | Path, prompt_overrides: dict[str, str] | None = Non
 
 
 def validate_pipeline(
-    data: Any, source: str, text: str, base_dir: Path, prompt_overrides: dict[str, str]
+    data: Any, source: str, text: str, base_dir: Path, prompt_overrides: dict[str, list[str]]
 ) -> Pipeline:
     if not isinstance(data, dict):
         raise CirkitError(f"{source}: a pipeline file must be a mapping with 'name', 'models' and 'steps'")
@@ -222,23 +239,28 @@ def validate_pipeline(
         elif spec_step.model:
             raise CirkitError(f"{where}: field 'model': a {spec_step.kind} step takes no model")
 
-        prompt_ref = prompt_overrides.get(spec_step.name, spec_step.prompt)
-        prompt = None
+        refs = prompt_overrides.get(spec_step.name, spec_step.prompt) or []
+        refs = [refs] if isinstance(refs, str) else list(refs)
+        prompts = []
         if component.prompt_variables is not None:
-            if not prompt_ref:
+            if not refs:
                 raise CirkitError(f"{where}: field 'prompt': a {spec_step.kind} step needs a prompt template")
-            try:
-                prompt = load_prompt(prompt_ref, base_dir)
-            except CirkitError as exc:
-                raise CirkitError(f"{where}: field 'prompt': {exc}") from None
-            missing = [v for v in prompt.variables if v not in component.prompt_variables]
-            if missing:
-                raise CirkitError(
-                    f"{where}: field 'prompt': template '{prompt.name}' uses variable(s) "
-                    f"{', '.join(missing)} that a {spec_step.kind} step does not provide "
-                    f"(it provides: {', '.join(component.prompt_variables) or 'none'})"
-                )
-        elif prompt_ref:
+            if component.max_prompts is not None and len(refs) > component.max_prompts:
+                raise CirkitError(f"{where}: field 'prompt': a {spec_step.kind} step takes one template, got {len(refs)}")
+            for ref in refs:
+                try:
+                    prompt = load_prompt(ref, base_dir)
+                except CirkitError as exc:
+                    raise CirkitError(f"{where}: field 'prompt': {exc}") from None
+                missing = [v for v in prompt.variables if v not in component.prompt_variables]
+                if missing:
+                    raise CirkitError(
+                        f"{where}: field 'prompt': template '{prompt.name}' uses variable(s) "
+                        f"{', '.join(missing)} that a {spec_step.kind} step does not provide "
+                        f"(it provides: {', '.join(component.prompt_variables) or 'none'})"
+                    )
+                prompts.append(prompt)
+        elif refs:
             raise CirkitError(f"{where}: field 'prompt': a {spec_step.kind} step takes no prompt")
 
         try:
@@ -263,7 +285,7 @@ def validate_pipeline(
                 )
         for out in component.outputs:
             available |= {out, f"{spec_step.name}.{out}"}
-        steps.append(Step(spec_step, params, prompt, wiring))
+        steps.append(Step(spec_step, params, prompts, wiring))
     return Pipeline(spec, steps, source, text)
 
 
