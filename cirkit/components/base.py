@@ -13,6 +13,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from cirkit.errors import PartialGenerationError
+
 
 class NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -40,6 +42,10 @@ class Component:
     # variables the component fills in its prompt template; None when it takes no prompt
     prompt_variables: ClassVar[tuple[str, ...] | None] = None
     max_prompts: ClassVar[int | None] = 1  # None: any number of templates (an ensemble)
+    # Whether outputs may be reused from the run store's cache when the inputs are unchanged
+    cacheable: ClassVar[bool] = True
+    # The text output a person may edit by hand (`cirkit runs edit`); None when there is none
+    editable: ClassVar[str | None] = None
     Params: ClassVar[type[BaseModel]] = NoParams
 
     def __init__(self, params: BaseModel, *, model: Any = None, prompts: list[Any] = (), index: Any = None):
@@ -56,3 +62,11 @@ def clean_text(text: str) -> str:
     """Model output made fit to pass on: control characters dropped, whitespace collapsed."""
     kept = "".join(ch if ch in "\n\t" or unicodedata.category(ch) != "Cc" else " " for ch in text)
     return " ".join(kept.split())
+
+
+def generate_keeping_answers(model: Any, requests: list, params: Any) -> tuple[list, str | None]:
+    """The model's generations per request, and why some are None when a batch failed part-way."""
+    try:
+        return model.generate(requests, params), None
+    except PartialGenerationError as exc:
+        return exc.results, str(exc)

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import Field
 
-from cirkit.components.base import Component, ItemResult, clean_text
+from cirkit.components.base import Component, ItemResult, clean_text, generate_keeping_answers
 from cirkit.engines.base import GenerationParams, GenerationRequest
 
 
@@ -23,13 +23,18 @@ class Caption(Component):
     model_types = ("vlm",)
     prompt_variables = ()
     Params = CaptionParams
+    editable = "caption"
 
     def run(self, items: list[dict[str, Any]]) -> list[ItemResult]:
         messages = self.prompts[0].render()
         requests = [GenerationRequest(messages=messages, image=item["image"]) for item in items]
-        generations = self.model.generate(requests, self.params)
+        generations, failure = generate_keeping_answers(self.model, requests, self.params)
         results = []
-        for (gen,) in generations:
+        for answer in generations:
+            if answer is None:
+                results.append(ItemResult(prompts=[messages], error=f"no answer: {failure}"))
+                continue
+            gen = answer[0]
             caption = clean_text(gen.text)
             result = ItemResult(outputs={"caption": caption}, prompts=[messages], raw=[gen.text])
             if gen.finish_reason == "length":

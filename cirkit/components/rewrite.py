@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from cirkit.components.base import Component, ItemResult, clean_text
+from cirkit.components.base import Component, ItemResult, clean_text, generate_keeping_answers
 from cirkit.engines.base import GenerationParams, GenerationRequest
 
 # Lines that start a new field of the prompt's pattern: the model went on past its answer.
@@ -37,6 +37,7 @@ class Rewrite(Component):
     prompt_variables = ("caption", "modification")
     max_prompts = None
     Params = RewriteParams
+    editable = "description"
 
     def run(self, items: list[dict[str, Any]]) -> list[ItemResult]:
         conversations = [
@@ -44,11 +45,15 @@ class Rewrite(Component):
             for item in items
         ]
         requests = [GenerationRequest(messages=m) for per_item in conversations for m in per_item]
-        generations = self.model.generate(requests, self.params)
+        generations, failure = generate_keeping_answers(self.model, requests, self.params)
         per_item = len(self.prompts)
         results = []
         for i, item in enumerate(items):
             result = ItemResult(prompts=conversations[i])
+            if any(generations[i * per_item + t] is None for t in range(per_item)):
+                result.error = f"no answer: {failure}"
+                results.append(result)
+                continue
             descriptions, sources = [], []
             for t, template in enumerate(self.prompts):
                 messages = conversations[i][t]

@@ -29,7 +29,6 @@ def resolve_dtype(dtype: str, device: str):
 
 class TransformersEngine(Engine):
     def __init__(self, model_id: str, *, vision: bool, revision: str | None = None, dtype: str = "auto", device: str = "auto"):
-        import torch
         from transformers import (
             AutoModelForCausalLM,
             AutoModelForImageTextToText,
