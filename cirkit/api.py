@@ -57,6 +57,7 @@ def query(
     data_dir: str | Path | None = None,
     models: ModelPool | None = None,
     progress: bool = False,
+    use_cache: bool = True,
 ) -> dict[str, Any]:
     """Retrieve gallery images showing `image` changed as `text` says.
 
@@ -66,7 +67,7 @@ def query(
     """
     (run,) = query_many(
         [Query(image, text)], index, pipeline=pipeline, prompts=prompts, k=k, data_dir=data_dir,
-        models=models, progress=progress, raise_on_failure=True,
+        models=models, progress=progress, raise_on_failure=True, use_cache=use_cache,
     )
     return run
 
@@ -82,6 +83,7 @@ def query_many(
     models: ModelPool | None = None,
     progress: bool = False,
     raise_on_failure: bool = False,
+    use_cache: bool = True,
 ) -> list[dict[str, Any]]:
     """Run many queries together: every step is called once per batch over all of them.
 
@@ -94,7 +96,7 @@ def query_many(
     try:
         run_ids = run_queries(
             spec, queries, index=gallery, store=store, models=models, k=k, progress=progress,
-            raise_on_failure=raise_on_failure,
+            raise_on_failure=raise_on_failure, use_cache=use_cache,
         )
         runs = [store.get(run_id).to_dict() for run_id in run_ids]
     finally:

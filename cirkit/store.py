@@ -33,7 +33,9 @@ CREATE TABLE IF NOT EXISTS runs (
     index_dir TEXT,
     inputs TEXT NOT NULL,            -- JSON: image path and sha256, modification text
     results TEXT,                    -- JSON: ranked gallery images
-    error TEXT
+    error TEXT,
+    parent_id TEXT,                  -- the run this one was derived from (edit, re-run)
+    change TEXT                      -- JSON: what differs from the parent
 );
 CREATE TABLE IF NOT EXISTS steps (
     run_id TEXT NOT NULL REFERENCES runs(id),
@@ -50,7 +52,14 @@ CREATE TABLE IF NOT EXISTS steps (
     notes TEXT NOT NULL,             -- JSON: fallbacks, truncations, ...
     seconds REAL NOT NULL,           -- this query's share of the step's batch time
     error TEXT,
+    origin TEXT NOT NULL,            -- ran | cache | copied (from the parent run) | edited (by hand)
     PRIMARY KEY (run_id, position)
+);
+-- step outputs by content address (step kind, model, params, templates, inputs)
+CREATE TABLE IF NOT EXISTS cache (
+    key TEXT PRIMARY KEY,
+    record TEXT NOT NULL,            -- JSON of the step record that produced it
+    created_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS runs_created ON runs(created_at);
 """
@@ -77,6 +86,11 @@ class StepRecord:
     notes: list[str]
     seconds: float
     error: str | None
+    origin: str = "ran"
+
+    @classmethod
+    def from_cache(cls, data: dict[str, Any], *, position: int, name: str) -> StepRecord:
+        return cls(**{**data, "position": position, "name": name, "origin": "cache", "seconds": 0.0})
 
 
 @dataclass
@@ -93,6 +107,14 @@ class RunRecord:
     results: list[dict[str, Any]] | None
     error: str | None
     steps: list[StepRecord]
+    parent_id: str | None = None
+    change: dict[str, Any] | None = None
+
+    def step(self, name: str) -> StepRecord:
+        for step in self.steps:
+            if step.name == name:
+                return step
+        raise CirkitError(f"run {self.id} has no step '{name}' (steps: {', '.join(s.name for s in self.steps)})")
 
     def to_dict(self, with_pipeline_text: bool = False) -> dict[str, Any]:
         data = {
@@ -105,6 +127,8 @@ class RunRecord:
             "steps": [vars(s) for s in self.steps],
             "results": self.results,
             "error": self.error,
+            "parent_id": self.parent_id,
+            "change": self.change,
         }
         if with_pipeline_text:
             data["pipeline"]["text"] = self.pipeline_text
@@ -127,10 +151,12 @@ class RunStore:
     def close(self) -> None:
         self.db.close()
 
-    def start_run(self, *, pipeline, inputs: dict[str, Any], index_dir: str | None) -> str:
+    def start_run(
+        self, *, pipeline, inputs: dict[str, Any], index_dir: str | None, parent_id: str | None = None, change: dict | None = None
+    ) -> str:
         run_id = uuid.uuid4().hex[:12]
         self.db.execute(
-            "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 run_id,
                 _now(),
@@ -143,13 +169,15 @@ class RunStore:
                 _dumps(inputs),
                 None,
                 None,
+                parent_id,
+                _dumps(change) if change else None,
             ),
         )
         return run_id
 
     def add_step(self, run_id: str, step: StepRecord) -> None:
         self.db.execute(
-            "INSERT INTO steps VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO steps VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 run_id,
                 step.position,
@@ -165,8 +193,17 @@ class RunStore:
                 _dumps(step.notes),
                 step.seconds,
                 step.error,
+                step.origin,
             ),
         )
+
+    def cache_get(self, key: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT record FROM cache WHERE key=?", (key,)).fetchone()
+        return json.loads(row["record"]) if row else None
+
+    def cache_put(self, key: str, step: StepRecord) -> None:
+        record = {k: v for k, v in vars(step).items() if k not in ("position", "name", "origin")}
+        self.db.execute("INSERT OR REPLACE INTO cache VALUES (?,?,?)", (key, _dumps(record), _now()))
 
     def finish_run(self, run_id: str, *, results: list[dict[str, Any]] | None, error: str | None) -> None:
         self.db.execute(
@@ -200,6 +237,7 @@ class RunStore:
                 notes=json.loads(s["notes"]),
                 seconds=s["seconds"],
                 error=s["error"],
+                origin=s["origin"],
             )
             for s in self.db.execute("SELECT * FROM steps WHERE run_id=? ORDER BY position", (run_id,))
         ]
@@ -216,7 +254,21 @@ class RunStore:
             results=json.loads(row["results"]) if row["results"] else None,
             error=row["error"],
             steps=steps,
+            parent_id=row["parent_id"],
+            change=json.loads(row["change"]) if row["change"] else None,
         )
+
+    def all_ids(self) -> list[str]:
+        return [r["id"] for r in self.db.execute("SELECT id FROM runs ORDER BY created_at, rowid")]
+
+    def latest_for_query(self, query_id: str) -> str:
+        row = self.db.execute(
+            "SELECT id FROM runs WHERE json_extract(inputs, '$.query_id') = ? ORDER BY created_at DESC, rowid DESC LIMIT 1",
+            (query_id,),
+        ).fetchone()
+        if not query_id or row is None:
+            raise CirkitError(f"no run for query id '{query_id}'")
+        return row["id"]
 
     def list(self, limit: int = 20) -> list[dict[str, Any]]:
         rows = self.db.execute("SELECT * FROM runs ORDER BY created_at DESC, rowid DESC LIMIT ?", (limit,)).fetchall()

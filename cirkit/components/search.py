@@ -44,6 +44,7 @@ class Search(Component):
     inputs = {"query_vectors": "query_vectors"}
     outputs = ("results",)
     Params = SearchParams
+    cacheable = False  # cheap, and it depends on the gallery index
 
     def run(self, items: list[dict[str, Any]]) -> list[ItemResult]:
         results: list[ItemResult | None] = [None] * len(items)

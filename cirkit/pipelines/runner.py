@@ -6,11 +6,16 @@ query and earlier outputs, and records every step of every query in the run stor
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from PIL import Image
 
 from cirkit.components import ItemResult
 from cirkit.console import stderr
@@ -31,6 +36,17 @@ class Query:
     id: str | None = None  # the user's name for the query (a line of a queries file, a benchmark id)
 
 
+@dataclass
+class Prefilled:
+    """For a re-run: the steps before `start` are taken from a stored run (possibly edited by hand)."""
+
+    start: int
+    steps: list[StepRecord]
+    values: dict[str, Any]
+    parent_id: str
+    change: dict[str, Any]
+
+
 def run_queries(
     pipeline: Pipeline,
     queries: list[Query],
@@ -41,48 +57,77 @@ def run_queries(
     k: int | None = None,
     progress: bool = True,
     raise_on_failure: bool = True,
+    use_cache: bool = True,
+    prefilled: list[Prefilled | None] | None = None,
 ) -> list[str]:
     """Run the pipeline over the queries, each step once for the whole batch; returns the run ids
-    in query order. Bad input raises CirkitError before anything is stored. A failing step is stored
-    with its runs; then CirkitError is raised, unless raise_on_failure is False."""
+    in query order.
+
+    A step's output is taken from the store's cache when the same step (kind, model, parameters,
+    templates) already ran on the same inputs, unless use_cache is False. Bad input raises
+    CirkitError before anything is stored. A failing step is stored with its runs; then CirkitError
+    is raised, unless raise_on_failure is False.
+    """
     models = models or ModelPool()
-    contexts = [_query_context(q) for q in queries]
+    prefilled = prefilled or [None] * len(queries)
+    needs_image = any("image" in step.inputs.values() for step in pipeline.steps)
+    contexts = [_query_context(q, load=needs_image and (pre is None or _uses_image(pipeline, pre.start))) for q, pre in zip(queries, prefilled)]
 
     clip = models.get(pipeline.clip_model())
     index.check_model(clip.identity)
 
-    run_ids = [
-        store.start_run(pipeline=pipeline, inputs=ctx.pop("_inputs"), index_dir=str(index.directory))
-        for ctx in contexts
-    ]
-    live = list(range(len(queries)))
+    run_ids = []
+    for ctx, pre in zip(contexts, prefilled):
+        run_id = store.start_run(
+            pipeline=pipeline,
+            inputs=ctx.pop("_inputs"),
+            index_dir=str(index.directory),
+            parent_id=pre.parent_id if pre else None,
+            change=pre.change if pre else None,
+        )
+        if pre:
+            for record in pre.steps:
+                store.add_step(run_id, record)
+            ctx.update(pre.values)
+        run_ids.append(run_id)
     failures: list[str] = []
+    live = list(range(len(queries)))
     for position, step in enumerate(pipeline.steps):
-        if not live:
-            break
-        model_spec = pipeline.model_for(step)
+        todo = [i for i in live if prefilled[i] is None or position >= prefilled[i].start]
+        if not todo:
+            continue
         params = step.params
         if step.kind == "search" and k is not None and k > params.k:
             params = params.model_copy(update={"k": k})
-        items = [{name: contexts[i][source] for name, source in step.inputs.items()} for i in live]
+        items = {i: {name: contexts[i][source] for name, source in step.inputs.items()} for i in todo}
+        keys = {i: _cache_key(pipeline, step, params, items[i]) for i in todo} if step.component.cacheable else {}
+        cached = {i: hit for i in todo if use_cache and keys and (hit := store.cache_get(keys[i])) is not None}
+        misses = [i for i in todo if i not in cached]
+        results: dict[int, ItemResult] = {}
         model_info = None
-        start = time.perf_counter()
-        with stderr.status(f"{step.name}: {step.kind} x {len(live)}", spinner="dots") if progress else nullcontext():
-            try:
-                model = models.get(model_spec) if model_spec else None
-                model_info = model.describe() if model is not None else None
-                component = step.component(params, model=model, prompts=step.prompts, index=index)
-                results = component.run(items)
-            except CirkitError as exc:
-                results = [ItemResult(error=str(exc)) for _ in live]
-            except Exception as exc:  # a model or library failure: stored with the run, reported as one line
-                results = [ItemResult(error=f"{type(exc).__name__}: {one_line(exc)}") for _ in live]
-        share = (time.perf_counter() - start) / len(live)
-        still_live = []
-        for i, result in zip(live, results):
-            store.add_step(
-                run_ids[i],
-                StepRecord(
+        share = 0.0
+        if misses:
+            start = time.perf_counter()
+            label = f"{step.name}: {step.kind} x {len(misses)}"
+            with stderr.status(label, spinner="dots") if progress else nullcontext():
+                try:
+                    model_spec = pipeline.model_for(step)
+                    model = models.get(model_spec) if model_spec else None
+                    model_info = model.describe() if model is not None else None
+                    component = step.component(params, model=model, prompts=step.prompts, index=index)
+                    results = dict(zip(misses, component.run([items[i] for i in misses])))
+                except CirkitError as exc:
+                    results = {i: ItemResult(error=str(exc)) for i in misses}
+                except Exception as exc:  # a model or library failure: stored with the run, reported as one line
+                    results = {i: ItemResult(error=f"{type(exc).__name__}: {one_line(exc)}") for i in misses}
+            share = (time.perf_counter() - start) / len(misses)
+        still_live = [i for i in live if i not in todo]
+        for i in todo:
+            if i in cached:
+                record = StepRecord.from_cache(cached[i], position=position, name=step.name)
+            else:
+                result = results[i]
+                record = StepRecord(
                     position=position,
                     name=step.name,
                     kind=step.kind,
@@ -96,18 +141,20 @@ def run_queries(
                     notes=result.notes,
                     seconds=share,
                     error=result.error,
-                ),
-            )
-            if result.error:
-                error = f"step '{step.name}' failed: {result.error}"
+                )
+                if keys and not result.error:
+                    store.cache_put(keys[i], record)
+            store.add_step(run_ids[i], record)
+            if record.error:
+                error = f"step '{step.name}' failed: {record.error}"
                 store.finish_run(run_ids[i], results=None, error=error)
                 failures.append(f"{error} (run {run_ids[i]})")
             else:
-                for name, value in result.outputs.items():
+                for name, value in record.outputs.items():
                     contexts[i][name] = value
                     contexts[i][f"{step.name}.{name}"] = value
                 still_live.append(i)
-        live = still_live
+        live = sorted(still_live)
     for i in live:
         store.finish_run(run_ids[i], results=contexts[i].get("results"), error=None)
     if failures and raise_on_failure:
@@ -116,7 +163,54 @@ def run_queries(
     return run_ids
 
 
-def _query_context(query: Query) -> dict[str, Any]:
+def _uses_image(pipeline: Pipeline, start: int) -> bool:
+    return any("image" in step.inputs.values() for step in pipeline.steps[start:])
+
+
+def _cache_key(pipeline: Pipeline, step, params, inputs: dict[str, Any]) -> str:
+    """Content address of a step's work on one query: what it is, which model, how, on what."""
+    h = hashlib.sha256()
+    model_spec = pipeline.model_for(step)
+    parts = [
+        step.kind,
+        json.dumps(params.model_dump(exclude={"batch_size"}), sort_keys=True),
+        model_fingerprint(model_spec) if model_spec else "",
+        *[p.text for p in step.prompts],
+    ]
+    for part in parts:
+        h.update(part.encode() + b"\x00")
+    for name in sorted(inputs):
+        h.update(name.encode() + b"=" + _value_digest(inputs[name]) + b"\x00")
+    return h.hexdigest()
+
+
+def _value_digest(value: Any) -> bytes:
+    if isinstance(value, Image.Image):
+        return hashlib.sha256(f"{value.mode}{value.size}".encode() + value.tobytes()).digest()
+    if isinstance(value, np.ndarray):
+        return hashlib.sha256(str(value.dtype).encode() + str(value.shape).encode() + value.tobytes()).digest()
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=_json_default).encode()).digest()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(type(value).__name__)
+
+
+def model_fingerprint(spec) -> str:
+    """A model entry as it produces outputs (device aside); local files by name, size and mtime."""
+    fields = spec.model_dump(exclude={"device", "max_concurrency", "timeout", "max_retries"})
+    for key in ("id", "name", "pretrained"):
+        value = fields.get(key)
+        if value and Path(value).exists():
+            path = Path(value)
+            files = sorted(path.rglob("*")) if path.is_dir() else [path]
+            fields[key] = [value] + [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
+    return json.dumps(fields, sort_keys=True)
+
+
+def _query_context(query: Query, load: bool = True) -> dict[str, Any]:
     which = f"query {query.id}: " if query.id is not None else ""
     text = (query.modification or "").strip()
     if not text:
@@ -125,12 +219,11 @@ def _query_context(query: Query) -> dict[str, Any]:
         raise CirkitError(f"{which}the modification text is {len(text)} characters long; the limit is {MAX_MODIFICATION_CHARS}")
     path = Path(query.image).expanduser()
     try:
-        image = load_image(path)
-        sha = image_sha256(path)
+        image = load_image(path) if load else None
+        sha = image_sha256(path) if load or path.exists() else None
     except ImageError as exc:
         raise CirkitError(f"{which}reference image {query.image}: {exc}") from None
     inputs = {"image": str(path.resolve()), "image_sha256": sha, "modification": text}
     if query.id is not None:
         inputs["query_id"] = query.id
     return {"image": image, "modification": text, "_inputs": inputs}
-

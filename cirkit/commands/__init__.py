@@ -1,0 +1,1 @@
+"""One module per command group; cirkit.cli assembles them."""

@@ -1,0 +1,63 @@
+"""What the command modules share: the run store from the global options, and result printing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from cirkit.console import stdout
+
+DataDir = Annotated[
+    Optional[Path],
+    typer.Option("--data-dir", envvar="CIRKIT_DATA_DIR", help="Where the run store lives (default: the user data dir)."),
+]
+
+
+def open_store(ctx: typer.Context):
+    from cirkit.store import RunStore
+
+    return RunStore(ctx.obj["data_dir"])
+
+
+def print_results(results: list[dict[str, Any]], title: str = "Results") -> None:
+    table = Table("rank", "score", "image", title=title)
+    for r in results:
+        table.add_row(str(r["rank"]), f"{r['score']:.4f}", escape(r["file"]))
+    stdout.print(table)
+
+
+def summarize(value: Any) -> str:
+    if is_vectors(value):
+        return f"{len(value)} vector(s) of {len(value[0])} floats"
+    if isinstance(value, list) and value and isinstance(value[0], dict) and "rank" in value[0]:
+        top = value[0]
+        return f"{len(value)} ranked images (top: {top['path']} {top['score']:.4f})"
+    return str(value)
+
+
+def is_vectors(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and isinstance(value[0], list) and bool(value[0]) and isinstance(value[0][0], float)
+
+
+def compact(run: dict[str, Any]) -> dict[str, Any]:
+    """A run for --json output: vectors replaced by a summary (`runs show --json` has them all)."""
+    for step in run["steps"]:
+        step["outputs"] = {key: (summarize(v) if is_vectors(v) else v) for key, v in step["outputs"].items()}
+    return run
+
+
+def parse_prompt_swaps(items: list[str]) -> dict[str, list[str]]:
+    """STEP=TEMPLATE flags; naming a step twice gives it an ensemble of templates."""
+    from cirkit.errors import CirkitError
+
+    swaps: dict[str, list[str]] = {}
+    for item in items:
+        step, sep, template = item.partition("=")
+        if not sep or not step.strip() or not template.strip():
+            raise CirkitError(f"--prompt expects STEP=TEMPLATE, got '{item}'")
+        swaps.setdefault(step.strip(), []).append(template.strip())
+    return swaps

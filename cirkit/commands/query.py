@@ -1,0 +1,85 @@
+"""`cirkit query`: one query, or a file of queries run as one batch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from cirkit.commands.common import compact, parse_prompt_swaps, print_results
+from cirkit.console import stdout
+from cirkit.errors import CirkitError
+
+
+def query(
+    ctx: typer.Context,
+    index: Annotated[Path, typer.Option("--index", "-i", help="Gallery index directory (from `cirkit index`).")],
+    image: Annotated[Optional[Path], typer.Option("--image", help="The reference image.")] = None,
+    text: Annotated[Optional[str], typer.Option("--text", "-t", help="How the target differs from the reference image.")] = None,
+    queries: Annotated[
+        Optional[Path], typer.Option("--queries", help='JSONL file of queries, one {"image", "text", "id"} per line, run as one batch.')
+    ] = None,
+    pipeline: Annotated[str, typer.Option("--pipeline", "-p", help="Built-in pipeline name or pipeline file.")] = "cirevl",
+    prompt: Annotated[
+        Optional[list[str]], typer.Option("--prompt", help="Swap a step's template: STEP=NAME_OR_FILE (repeat a step for an ensemble).")
+    ] = None,
+    k: Annotated[int, typer.Option("-k", min=1, help="How many results to show.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON: results, run id, intermediates (one line per query with --queries).")] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Run every step again, even where the cache has its output.")] = False,
+) -> None:
+    """Find gallery images that show the reference image changed as the text says."""
+    from cirkit.api import load_queries, query_many
+    from cirkit.pipelines.runner import Query
+
+    if queries is not None and (image is not None or text is not None):
+        raise CirkitError("give either --queries FILE or --image and --text, not both")
+    if queries is None and (image is None or text is None):
+        raise CirkitError("give --image and --text (or --queries FILE)")
+    batch = load_queries(queries) if queries is not None else [Query(image, text)]
+    runs = query_many(
+        batch,
+        index,
+        pipeline=pipeline,
+        prompts=parse_prompt_swaps(prompt or []),
+        k=k,
+        data_dir=ctx.obj["data_dir"],
+        progress=not as_json,
+        raise_on_failure=queries is None,
+        use_cache=not no_cache,
+    )
+    if queries is None:
+        run = runs[0]
+        if as_json:
+            stdout.print_json(data=compact(run))
+            return
+        print_results(run["results"])
+        for step in run["steps"]:
+            outputs = step["outputs"]
+            if "caption" in outputs:
+                stdout.print(f"[bold]caption[/bold] ({step['name']}): {escape(outputs['caption'])}")
+            for i, description in enumerate(outputs.get("descriptions", [])):
+                label = f" {i + 1}" if len(outputs["descriptions"]) > 1 else ""
+                stdout.print(f"[bold]description{label}[/bold] ({step['name']}): {escape(description)}")
+        stdout.print(f"run id: {run['id']}  (inspect with: cirkit runs show {run['id']})")
+        return
+    failed = [run for run in runs if run["status"] != "ok"]
+    if as_json:
+        for run in runs:
+            print(json.dumps(compact(run), ensure_ascii=False))
+    else:
+        table = Table("query", "run id", "status", "top result", "score", title=f"{len(runs)} queries")
+        for run in runs:
+            top = run["results"][0] if run["results"] else None
+            table.add_row(
+                escape(run["inputs"].get("query_id", "")), run["id"], run["status"],
+                escape(top["path"]) if top else escape(run["error"] or ""), f"{top['score']:.4f}" if top else "",
+            )
+        stdout.print(table)
+    if failed:
+        raise CirkitError(f"{len(failed)} of {len(runs)} queries failed (see `cirkit runs show RUN_ID`): {failed[0]['error']}")
+
+

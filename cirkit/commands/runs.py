@@ -1,0 +1,270 @@
+"""`cirkit runs`: inspect, edit, re-run, compare and export stored runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+
+from cirkit.commands.common import open_store, parse_prompt_swaps, print_results, summarize
+from cirkit.console import stderr, stdout
+from cirkit.errors import CirkitError, one_line
+
+runs_app = typer.Typer(help="Inspect and fix stored runs: every prompt, raw answer and result.", no_args_is_help=True)
+
+
+@runs_app.command("list")
+def runs_list(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option(min=1)] = 20,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """The most recent runs."""
+    store = open_store(ctx)
+    rows = store.list(limit)
+    if as_json:
+        stdout.print_json(data=rows)
+        return
+    table = Table("run id", "created (UTC)", "status", "pipeline", "image", "modification")
+    for r in rows:
+        table.add_row(
+            r["id"], r["created_at"][:19], r["status"], r["pipeline"], escape(Path(r["image"] or "").name), escape(r["modification"] or "")
+        )
+    stdout.print(table)
+
+
+@runs_app.command("show")
+def runs_show(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(help="Run id (a unique prefix is enough).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Everything, as JSON (vectors included).")] = False,
+    k: Annotated[int, typer.Option("-k", min=1, help="How many results to show.")] = 10,
+) -> None:
+    """Every intermediate of a run: rendered prompts, raw answers, parsed outputs, models, timings."""
+    run = open_store(ctx).get(run_id)
+    if as_json:
+        stdout.print_json(data=run.to_dict(with_pipeline_text=True))
+        return
+    stdout.print(
+        Panel(
+            f"status: {run.status}   pipeline: {run.pipeline_name} ({run.pipeline_source})\n"
+            f"created: {run.created_at}   index: {run.index_dir}\n"
+            f"image: {escape(run.inputs['image'])}\nmodification: {escape(run.inputs['modification'])}"
+            + (f"\nderived from run {run.parent_id}: {escape(json.dumps(run.change))}" if run.parent_id else "")
+            + (f"\n[red]error: {escape(run.error)}[/red]" if run.error else ""),
+            title=f"run {run.id}",
+        )
+    )
+    for step in run.steps:
+        lines = []
+        if step.model:
+            lines.append("model: " + ", ".join(f"{k}={v}" for k, v in step.model.items() if v is not None))
+        lines.append("params: " + ", ".join(f"{k}={v}" for k, v in step.params.items()))
+        for template in step.templates:
+            lines.append(f"template: {template['name']} ({template['source']})")
+        for i, prompt in enumerate(step.prompts):
+            lines.append(f"[bold]sent[/bold]{f' #{i + 1}' if len(step.prompts) > 1 else ''}:\n{escape(_render_prompt(prompt))}")
+        for i, raw in enumerate(step.raw):
+            lines.append(f"[bold]raw answer[/bold]{f' #{i + 1}' if len(step.raw) > 1 else ''}:\n{escape(str(raw))}")
+        for key, value in step.outputs.items():
+            if key == "sources":
+                continue
+            if key == "descriptions" and len(value) > 1:
+                sources = step.outputs.get("sources") or [{}] * len(value)
+                for i, (text, source) in enumerate(zip(value, sources)):
+                    origin = f" ({source['template']}, sample {source['sample']})" if source else ""
+                    lines.append(f"[bold]description {i + 1}[/bold]{escape(origin)}: {escape(text)}")
+                continue
+            if key == "descriptions":
+                continue
+            lines.append(f"[bold]{key}[/bold]: {escape(summarize(value))}")
+        for note in step.notes:
+            lines.append(f"[yellow]note: {escape(note)}[/yellow]")
+        if step.error:
+            lines.append(f"[red]error: {escape(step.error)}[/red]")
+        origin = {"cache": " from cache", "copied": " copied from parent", "edited": " EDITED BY HAND"}.get(step.origin, "")
+        title = f"{step.position + 1}. {step.name} ({step.kind}) {step.status}{origin} {step.seconds:.2f}s"
+        stdout.print(Panel("\n".join(lines), title=title, title_align="left"))
+    if run.results:
+        print_results(run.results[:k])
+
+
+def _render_prompt(prompt: Any) -> str:
+    if isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m for m in prompt):
+        return "\n".join(f"[{m['role']}] {m['content']}" for m in prompt)
+    return str(prompt)
+
+
+
+
+NoCache = Annotated[bool, typer.Option("--no-cache", help="Run every step again, even where the cache has its output.")]
+
+
+@runs_app.command("edit")
+def runs_edit(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(help="The run to fix.")],
+    step: Annotated[str, typer.Argument(help="The step whose text to replace (e.g. caption, rewrite).")],
+    text: Annotated[Optional[str], typer.Option("--text", help="The new text.")] = None,
+    file: Annotated[Optional[Path], typer.Option("--file", help="Read the new text from a file.")] = None,
+    no_cache: NoCache = False,
+) -> None:
+    """Replace a step's output by hand and re-run what follows, as a new run linked to the original."""
+    from cirkit.revise import Revision, revise
+
+    store = open_store(ctx)
+    run = store.get(run_id)
+    if text is None and file is None:
+        text = _edit_in_editor(run, step)
+    elif file is not None:
+        if text is not None:
+            raise CirkitError("give --text or --file, not both")
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CirkitError(f"cannot read {file}: {one_line(exc)}") from None
+    (new_id,) = revise(store, [Revision(run.id, step, text)], use_cache=not no_cache, progress=True)
+    _report_new_run(store, run.id, new_id)
+
+
+@runs_app.command("rerun")
+def runs_rerun(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(help="The run to re-run.")],
+    from_step: Annotated[Optional[str], typer.Option("--from", help="Re-run this step and those after it (default: the first).")] = None,
+    prompt: Annotated[Optional[list[str]], typer.Option("--prompt", help="Swap a step's template: STEP=NAME_OR_FILE.")] = None,
+    pipeline: Annotated[Optional[str], typer.Option("--pipeline", "-p", help="Another pipeline (default: the run's own).")] = None,
+    no_cache: NoCache = False,
+) -> None:
+    """Re-run a run from a step (keeping what came before), as a new run linked to the original."""
+    from cirkit.pipelines import load_pipeline
+    from cirkit.revise import Revision, revise
+
+    store = open_store(ctx)
+    run = store.get(run_id)
+    swaps = parse_prompt_swaps(prompt or [])
+    if from_step is None:
+        from_step = load_pipeline(pipeline or run.pipeline_source, swaps).steps[0].name
+    (new_id,) = revise(
+        store, [Revision(run.id, from_step)], pipeline=pipeline, prompts=swaps, use_cache=not no_cache, progress=True
+    )
+    _report_new_run(store, run.id, new_id)
+
+
+@runs_app.command("apply")
+def runs_apply(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="JSONL or CSV rows: run_id (or query_id), step, text.")],
+    partial: Annotated[bool, typer.Option("--partial", help="Apply the good rows even if some rows are bad.")] = False,
+    no_cache: NoCache = False,
+) -> None:
+    """Apply many hand edits at once (e.g. fixed captions), re-running only what follows each, in one batch."""
+    from cirkit.revise import read_overrides, revise
+
+    store = open_store(ctx)
+    revisions, problems = read_overrides(file, store, partial=partial)
+    for problem in problems:
+        stderr.print(f"[yellow]bad row:[/yellow] {escape(problem)}")
+    if problems and not partial:
+        raise CirkitError(f"{len(problems)} bad row(s) in {file}: nothing applied (fix them, or --partial to apply the good rows)")
+    new_ids = revise(store, revisions, use_cache=not no_cache, progress=True)
+    table = Table("original", "step", "new run", "status", "top result", title=f"{len(new_ids)} runs revised")
+    for revision, new_id in zip(revisions, new_ids):
+        new = store.get(new_id)
+        top = new.results[0]["path"] if new.results else (new.error or "")
+        table.add_row(revision.run_id, revision.step, new_id, new.status, escape(top))
+    stdout.print(table)
+    if problems:
+        raise CirkitError(f"{len(problems)} bad row(s) skipped")
+
+
+@runs_app.command("diff")
+def runs_diff(
+    ctx: typer.Context,
+    a: Annotated[str, typer.Argument(help="A run id.")],
+    b: Annotated[str, typer.Argument(help="Another run id (e.g. its edited re-run).")],
+    k: Annotated[int, typer.Option("-k", min=1, help="Compare the top k of each.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """What changed between two runs: intermediates side by side, and how the ranks moved."""
+    from cirkit.revise import diff_runs
+
+    store = open_store(ctx)
+    diff = diff_runs(store.get(a), store.get(b), k)
+    if as_json:
+        stdout.print_json(data=diff)
+        return
+    table = Table("step", f"run {diff['a']}", f"run {diff['b']}", title="Intermediates")
+    for step in diff["steps"]:
+        mark = "[bold yellow]*[/bold yellow] " if step["changed"] else ""
+        origin = f" [dim]({step['origin_b']})[/dim]" if step["origin_b"] not in (None, "ran") else ""
+        table.add_row(mark + step["step"] + origin, escape("\n".join(step["a"])), escape("\n".join(step["b"])))
+    stdout.print(table)
+    ranks = Table("image", f"rank in {diff['a']}", f"rank in {diff['b']}", "moved", title=f"Top {k} ranks")
+    for move in diff["ranks"]:
+        ra, rb = move["rank_a"], move["rank_b"]
+        moved = "" if ra is None or rb is None else (f"up {ra - rb}" if rb < ra else f"down {rb - ra}" if rb > ra else "=")
+        ranks.add_row(escape(move["path"]), str(ra or "-"), str(rb or "-"), moved)
+    stdout.print(ranks)
+
+
+@runs_app.command("export")
+def runs_export(
+    ctx: typer.Context,
+    run_ids: Annotated[Optional[list[str]], typer.Argument(help="Runs to export (default: all).")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="The JSONL file to write.")] = Path("runs.jsonl"),
+) -> None:
+    """Write runs as JSON lines, with everything `runs show --json` has."""
+    store = open_store(ctx)
+    ids = [store.resolve_id(r) for r in run_ids] if run_ids else store.all_ids()
+    if not out.parent.is_dir():
+        raise CirkitError(f"cannot write {out}: folder {out.parent} does not exist")
+    tmp = out.with_name(f".{out.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for run_id in ids:
+            fh.write(json.dumps(store.get(run_id).to_dict(with_pipeline_text=True), ensure_ascii=False) + "\n")
+    os.replace(tmp, out)
+    stdout.print(f"exported {len(ids)} runs to {out}")
+
+
+def _edit_in_editor(run, step_name: str) -> str:
+    from cirkit.pipelines import load_pipeline
+
+    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR")
+    if not editor:
+        raise CirkitError("give --text or --file (or set $EDITOR to edit in an editor)")
+    current = ""
+    try:
+        step = load_pipeline(run.pipeline_source).step(step_name)
+        current = str(run.step(step_name).outputs.get(step.component.editable or "", ""))
+    except CirkitError:
+        pass
+    with tempfile.NamedTemporaryFile("w+", suffix=".txt", delete=False, encoding="utf-8") as fh:
+        fh.write(current)
+        path = fh.name
+    try:
+        if subprocess.call([*shlex.split(editor), path]) != 0:
+            raise CirkitError(f"the editor ({editor}) failed: nothing changed")
+        return Path(path).read_text(encoding="utf-8")
+    finally:
+        os.unlink(path)
+
+
+def _report_new_run(store, old_id: str, new_id: str) -> None:
+    new = store.get(new_id)
+    ran = [s.name for s in new.steps if s.origin == "ran"]
+    reused = [f"{s.name} ({s.origin})" for s in new.steps if s.origin != "ran"]
+    stdout.print(f"new run {new_id} from {old_id}: ran {', '.join(ran) or 'nothing'}; reused {', '.join(reused) or 'nothing'}")
+    if new.error:
+        raise CirkitError(f"run {new_id}: {new.error}")
+    print_results((new.results or [])[:10])
+    stdout.print(f"compare with: cirkit runs diff {old_id} {new_id}")

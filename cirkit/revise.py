@@ -1,0 +1,202 @@
+"""Fixing runs by hand: edit an intermediate, re-run only what follows, compare two runs.
+
+A revision never changes the original run: it is stored as a new run linked to it (parent_id),
+with the steps before the change copied, the edited step marked as edited by hand, and the steps
+after it run again (from the cache where their inputs did not change).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cirkit.engines import ModelPool
+from cirkit.errors import CirkitError, one_line
+from cirkit.gallery import GalleryIndex
+from cirkit.pipelines import load_pipeline
+from cirkit.pipelines.runner import Prefilled, Query, run_queries
+from cirkit.store import RunRecord, RunStore, StepRecord
+
+
+@dataclass
+class Revision:
+    """One change to apply to a stored run: edit a step's text, or re-run from a step."""
+
+    run_id: str
+    step: str
+    text: str | None = None  # None: re-run from `step` without editing
+
+
+def revise(
+    store: RunStore,
+    revisions: list[Revision],
+    *,
+    pipeline: str | Path | None = None,
+    prompts: dict[str, list[str]] | None = None,
+    index: str | Path | None = None,
+    models: ModelPool | None = None,
+    use_cache: bool = True,
+    progress: bool = False,
+) -> list[str]:
+    """Apply the revisions (batched per pipeline); returns the new run ids in order.
+
+    Each new run uses the original's pipeline file unless `pipeline` is given, with `prompts`
+    swapped in; validation problems raise CirkitError before anything is stored.
+    """
+    plans = [_plan(store, r, pipeline, prompts) for r in revisions]
+    run_ids: list[str | None] = [None] * len(plans)
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, plan in enumerate(plans):
+        groups.setdefault((plan["pipeline"].hash, plan["index"]), []).append(i)
+    models = models or ModelPool()
+    for (_, index_dir), members in groups.items():
+        gallery = GalleryIndex.open(index_dir)
+        pipe = plans[members[0]]["pipeline"]
+        ids = run_queries(
+            pipe,
+            [plans[i]["query"] for i in members],
+            index=gallery,
+            store=store,
+            models=models,
+            progress=progress,
+            use_cache=use_cache,
+            raise_on_failure=False,
+            prefilled=[plans[i]["prefilled"] for i in members],
+        )
+        for i, run_id in zip(members, ids):
+            run_ids[i] = run_id
+    return run_ids  # type: ignore[return-value]
+
+
+def _plan(store: RunStore, revision: Revision, pipeline_ref, prompts) -> dict[str, Any]:
+    run = store.get(revision.run_id)
+    ref = pipeline_ref or run.pipeline_source
+    if pipeline_ref is None and not Path(ref).is_file():
+        raise CirkitError(f"run {run.id}: its pipeline file {ref} is gone; give --pipeline")
+    pipe = load_pipeline(ref, prompts)
+    step = pipe.step(revision.step)
+    start = pipe.steps.index(step)
+    for earlier in pipe.steps[:start]:
+        stored = _stored_step(run, earlier.name)
+        if stored.kind != earlier.kind or stored.status != "ok":
+            raise CirkitError(
+                f"run {run.id}: step '{earlier.name}' cannot be reused (it is {stored.status} or of another kind); "
+                f"re-run from an earlier step"
+            )
+    copied = [_copy(_stored_step(run, s.name), pos) for pos, s in enumerate(pipe.steps[:start])]
+    change: dict[str, Any] = {"from": step.name}
+    if prompts:
+        change["prompts"] = prompts
+    if pipeline_ref is not None:
+        change["pipeline"] = str(pipeline_ref)
+    if revision.text is not None:
+        text = revision.text.strip()
+        if not text:
+            raise CirkitError(f"run {run.id}: the new text for step '{step.name}' is empty")
+        if step.component.editable is None:
+            raise CirkitError(
+                f"step '{step.name}' ({step.kind}) has no text output to edit; editable steps: "
+                + ", ".join(s.name for s in pipe.steps if s.component.editable)
+            )
+        old = _stored_step(run, step.name)
+        outputs = {step.component.editable: text}
+        if step.kind == "rewrite":
+            outputs.update(descriptions=[text], sources=[{"template": "edited by hand", "sample": 1}])
+        copied.append(
+            StepRecord(
+                position=start, name=step.name, kind=step.kind, status="ok", model=None, params={}, templates=[],
+                prompts=[], raw=[], outputs=outputs, notes=[f"edited by hand (was: {old.outputs.get(step.component.editable)!r})"],
+                seconds=0.0, error=None, origin="edited",
+            )
+        )
+        change.update(edited=step.name, text=text)
+        start += 1
+    values: dict[str, Any] = {}
+    for record in copied:
+        for name, value in record.outputs.items():
+            values[name] = value
+            values[f"{record.name}.{name}"] = value
+    query = Query(run.inputs["image"], run.inputs["modification"], run.inputs.get("query_id"))
+    return {
+        "pipeline": pipe,
+        "index": run.index_dir,
+        "query": query,
+        "prefilled": Prefilled(start=start, steps=copied, values=values, parent_id=run.id, change=change),
+    }
+
+
+def _stored_step(run: RunRecord, name: str) -> StepRecord:
+    try:
+        return run.step(name)
+    except CirkitError:
+        raise CirkitError(f"run {run.id} has no stored step '{name}' to reuse (it failed before it)") from None
+
+
+def _copy(record: StepRecord, position: int) -> StepRecord:
+    return StepRecord(**{**vars(record), "position": position, "origin": "copied", "seconds": 0.0})
+
+
+def read_overrides(path: str | Path, store: RunStore, *, partial: bool = False) -> tuple[list[Revision], list[str]]:
+    """Revisions from a JSONL or CSV file of rows (run_id or query_id, step, text).
+
+    Returns (revisions, problems); problems name the line. Unless `partial`, any problem applies nothing.
+    A query_id picks the most recent run with that query id.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CirkitError(f"cannot read overrides file {path}: {one_line(exc)}") from None
+    if path.suffix.lower() == ".csv":
+        rows = [(n + 2, row) for n, row in enumerate(csv.DictReader(text.splitlines()))]
+    else:
+        rows = []
+        for n, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append((n, json.loads(line)))
+                except ValueError as exc:
+                    rows.append((n, f"not JSON ({one_line(exc)})"))
+    revisions, problems = [], []
+    for line, row in rows:
+        try:
+            if isinstance(row, str):
+                raise CirkitError(row)
+            if not isinstance(row, dict) or not row.get("step") or not isinstance(row.get("text"), str):
+                raise CirkitError("expected run_id or query_id, step and text")
+            run_id = row.get("run_id") or store.latest_for_query(str(row.get("query_id") or ""))
+            revisions.append(Revision(store.resolve_id(run_id), row["step"], row["text"]))
+        except CirkitError as exc:
+            problems.append(f"{path.name} line {line}: {exc}")
+    if problems and not partial:
+        return [], problems
+    return revisions, problems
+
+
+def diff_runs(a: RunRecord, b: RunRecord, k: int = 10) -> dict[str, Any]:
+    """What changed between two runs: per step the texts, and how the top results' ranks moved."""
+    steps = []
+    for name in dict.fromkeys([s.name for s in a.steps] + [s.name for s in b.steps]):
+        sa = next((s for s in a.steps if s.name == name), None)
+        sb = next((s for s in b.steps if s.name == name), None)
+        ta, tb = _texts(sa), _texts(sb)
+        steps.append({"step": name, "a": ta, "b": tb, "changed": ta != tb,
+                      "origin_b": sb.origin if sb else None})
+    rank_a = {r["path"]: r["rank"] for r in a.results or []}
+    rank_b = {r["path"]: r["rank"] for r in b.results or []}
+    top = list(dict.fromkeys([r["path"] for r in (a.results or [])[:k]] + [r["path"] for r in (b.results or [])[:k]]))
+    moves = [{"path": p, "rank_a": rank_a.get(p), "rank_b": rank_b.get(p)} for p in top]
+    moves.sort(key=lambda m: (m["rank_b"] or 10**9, m["rank_a"] or 10**9))
+    return {"a": a.id, "b": b.id, "steps": steps, "ranks": moves}
+
+
+def _texts(step: StepRecord | None) -> list[str]:
+    if step is None:
+        return []
+    out = step.outputs
+    if "descriptions" in out:
+        return list(out["descriptions"])
+    return [v for v in out.values() if isinstance(v, str)]
