@@ -107,7 +107,8 @@ def query_many(
 
 
 def load_queries(path: str | Path) -> list[Query]:
-    """Queries from a JSONL file, one {"image": PATH, "text": MODIFICATION, "id": optional} per line.
+    """Queries from a JSONL file, one {"image": PATH, "text": MODIFICATION, "id": ..., "targets": [...]} per line
+    (id and targets optional; targets are gallery paths relative to the index root).
 
     Relative image paths are read relative to the file.
     """
@@ -126,8 +127,12 @@ def load_queries(path: str | Path) -> list[Query]:
             raise CirkitError(f"{path} line {number}: not JSON ({one_line(exc)})") from None
         if not isinstance(record, dict) or not isinstance(record.get("image"), str) or not isinstance(record.get("text"), str):
             raise CirkitError(f'{path} line {number}: expected {{"image": PATH, "text": MODIFICATION}}')
+        targets = record.get("targets")
+        if targets is not None and not (isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
+            raise CirkitError(f"{path} line {number}: 'targets' must be a list of gallery paths")
         image = Path(record["image"]).expanduser()
-        queries.append(Query(image if image.is_absolute() else path.parent / image, record["text"], str(record.get("id", number))))
+        image = image if image.is_absolute() else path.parent / image
+        queries.append(Query(image, record["text"], str(record.get("id", number)), targets))
     if not queries:
         raise CirkitError(f"{path}: no queries")
     return queries

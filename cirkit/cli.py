@@ -15,6 +15,7 @@ from cirkit.commands.catalog import pipelines_app, prompts_app
 from cirkit.commands.common import DataDir
 from cirkit.commands.index import index
 from cirkit.commands.query import query
+from cirkit.commands.report import report
 from cirkit.commands.runs import runs_app
 from cirkit.console import stderr
 from cirkit.errors import CirkitError, one_line
@@ -27,6 +28,7 @@ app = typer.Typer(
 )
 app.command()(index)
 app.command()(query)
+app.command()(report)
 app.add_typer(pipelines_app, name="pipelines")
 app.add_typer(prompts_app, name="prompts")
 app.add_typer(runs_app, name="runs")

@@ -119,7 +119,7 @@ def _plan(store: RunStore, revision: Revision, pipeline_ref, prompts) -> dict[st
         for name, value in record.outputs.items():
             values[name] = value
             values[f"{record.name}.{name}"] = value
-    query = Query(run.inputs["image"], run.inputs["modification"], run.inputs.get("query_id"))
+    query = Query(run.inputs["image"], run.inputs["modification"], run.inputs.get("query_id"), run.inputs.get("targets"))
     return {
         "pipeline": pipe,
         "index": run.index_dir,
@@ -190,7 +190,9 @@ def diff_runs(a: RunRecord, b: RunRecord, k: int = 10) -> dict[str, Any]:
     top = list(dict.fromkeys([r["path"] for r in (a.results or [])[:k]] + [r["path"] for r in (b.results or [])[:k]]))
     moves = [{"path": p, "rank_a": rank_a.get(p), "rank_b": rank_b.get(p)} for p in top]
     moves.sort(key=lambda m: (m["rank_b"] or 10**9, m["rank_a"] or 10**9))
-    return {"a": a.id, "b": b.id, "steps": steps, "ranks": moves}
+    targets = sorted(set(a.inputs.get("targets") or []) | set(b.inputs.get("targets") or []))
+    target_ranks = [{"path": t, "rank_a": rank_a.get(t), "rank_b": rank_b.get(t)} for t in targets]
+    return {"a": a.id, "b": b.id, "steps": steps, "ranks": moves, "targets": target_ranks}
 
 
 def _texts(step: StepRecord | None) -> list[str]:

@@ -63,7 +63,7 @@ steps:
   - {{name: caption, kind: caption, model: captioner, prompt: cirevl-caption, params: {caption_params}}}
   - {{name: rewrite, kind: rewrite, model: llm, prompt: cirevl-rewrite, params: {rewrite_params}}}
   - {{name: embed, kind: embed, model: clip}}
-  - {{name: search, kind: search, params: {{k: 20}}}}
+  - {{name: search, kind: search, params: {{k: 50}}}}
 {extra}"""
     )
     return path

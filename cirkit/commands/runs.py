@@ -215,6 +215,8 @@ def runs_diff(
         moved = "" if ra is None or rb is None else (f"up {ra - rb}" if rb < ra else f"down {rb - ra}" if rb > ra else "=")
         ranks.add_row(escape(move["path"]), str(ra or "-"), str(rb or "-"), moved)
     stdout.print(ranks)
+    for target in diff["targets"]:
+        stdout.print(f"target {escape(target['path'])}: rank {target['rank_a'] or 'not found'} -> {target['rank_b'] or 'not found'}")
 
 
 @runs_app.command("export")

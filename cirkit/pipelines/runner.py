@@ -34,6 +34,7 @@ class Query:
     image: str | Path
     modification: str
     id: str | None = None  # the user's name for the query (a line of a queries file, a benchmark id)
+    targets: list[str] | None = None  # known targets (gallery paths relative to the index root), if any
 
 
 @dataclass
@@ -226,4 +227,6 @@ def _query_context(query: Query, load: bool = True) -> dict[str, Any]:
     inputs = {"image": str(path.resolve()), "image_sha256": sha, "modification": text}
     if query.id is not None:
         inputs["query_id"] = query.id
+    if query.targets:
+        inputs["targets"] = list(query.targets)
     return {"image": image, "modification": text, "_inputs": inputs}

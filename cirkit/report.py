@@ -1,0 +1,145 @@
+"""A run as a self-contained HTML page: reference image, modification, every intermediate, ranked images.
+
+Images are embedded as JPEG thumbnails (data URIs), so the file can be mailed or archived alone.
+Every text from models or users is escaped: captions and LLM outputs are untrusted.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from cirkit.errors import CirkitError, ImageError, one_line
+from cirkit.images import load_image
+from cirkit.store import RunRecord, StepRecord
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:24px;color:#222;background:#fafafa}
+section.run{background:#fff;border:1px solid #ddd;border-radius:8px;padding:16px;margin-bottom:24px}
+h2{margin:0 0 8px 0;font-size:18px} .meta{color:#666;font-size:13px}
+.query{display:flex;gap:16px;align-items:flex-start;margin:12px 0}
+.query img{border:1px solid #ccc}
+.step{border-left:3px solid #88a;padding:4px 12px;margin:8px 0}
+.step.failed{border-color:#c33} .step.edited{border-color:#e90}
+.text{white-space:pre-wrap;font-family:ui-monospace,monospace;font-size:13px;background:#f4f4f8;padding:6px;border-radius:4px}
+.note{color:#a60;font-size:13px} .error{color:#c33;font-weight:bold}
+.results{display:flex;flex-wrap:wrap;gap:10px}
+figure{margin:0;width:THUMBpx;font-size:12px;text-align:center;border:3px solid transparent;padding:2px}
+figure.target{border-color:#2a2}
+figure img{max-width:THUMBpx;max-height:THUMBpx}
+figcaption{word-break:break-all} .badge{background:#2a2;color:#fff;border-radius:3px;padding:0 4px}
+"""
+
+
+def write_report(runs: list[RunRecord], out: str | Path, *, k: int = 10, thumb: int = 160) -> Path:
+    """Write the runs as one HTML page to `out` (atomically)."""
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise CirkitError(f"cannot write {out}: folder {out.parent} does not exist")
+    html = render_report(runs, k=k, thumb=thumb)
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        tmp.write_text(html, encoding="utf-8")
+        os.replace(tmp, out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise CirkitError(f"cannot write {out}: {one_line(exc)}") from None
+    return out
+
+
+def render_report(runs: list[RunRecord], *, k: int = 10, thumb: int = 160) -> str:
+    sections = "\n".join(_run(run, k, thumb) for run in runs)
+    title = f"cirkit report: {len(runs)} run{'s' if len(runs) != 1 else ''}"
+    return (
+        f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{escape(title)}</title>"
+        f"<style>{STYLE.replace('THUMB', str(thumb))}</style></head>\n<body>\n<h1>{escape(title)}</h1>\n{sections}\n</body></html>\n"
+    )
+
+
+def _run(run: RunRecord, k: int, thumb: int) -> str:
+    targets = set(run.inputs.get("targets") or [])
+    parent = f" &middot; derived from run {escape(run.parent_id)}" if run.parent_id else ""
+    parts = [
+        f"<section class='run' id='run-{escape(run.id)}' data-run='{escape(run.id)}'>",
+        f"<h2>run {escape(run.id)} <span class='meta'>{escape(run.status)}</span></h2>",
+        f"<div class='meta'>pipeline {escape(run.pipeline_name)} &middot; {escape(run.created_at)}{parent}</div>",
+        "<div class='query'>",
+        _image(run.inputs.get("image"), thumb, "reference"),
+        f"<div><div class='meta'>reference: {escape(str(run.inputs.get('image')))}</div>"
+        f"<p class='modification'><b>modification:</b> {escape(run.inputs.get('modification', ''))}</p></div>",
+        "</div>",
+    ]
+    if run.error:
+        parts.append(f"<p class='error'>{escape(run.error)}</p>")
+    parts.extend(_step(step) for step in run.steps)
+    if run.results:
+        root = Path(run.results[0]["file"]).parent
+        parts.append(f"<h3>top {min(k, len(run.results))} results</h3><div class='results'>")
+        for hit in run.results[:k]:
+            is_target = hit["path"] in targets
+            badge = " <span class='badge'>target</span>" if is_target else ""
+            parts.append(
+                f"<figure class='{'target' if is_target else 'hit'}' data-rank='{hit['rank']}'>"
+                f"{_image(hit.get('file') or str(root / hit['path']), thumb, hit['path'])}"
+                f"<figcaption>#{hit['rank']} &middot; {hit['score']:.4f}{badge}<br>{escape(hit['path'])}</figcaption></figure>"
+            )
+        parts.append("</div>")
+        missing = targets - {hit["path"] for hit in run.results[:k]}
+        if missing:
+            parts.append(f"<p class='note'>target not in the top {k}: {escape(', '.join(sorted(missing)))}</p>")
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _step(step: StepRecord) -> str:
+    css = "failed" if step.status == "failed" else "edited" if step.origin == "edited" else ""
+    origin = "" if step.origin == "ran" else f" &middot; {escape(step.origin)}"
+    model = f" &middot; {escape(str(step.model.get('model') or step.model.get('name')))}" if step.model else ""
+    parts = [f"<div class='step {css}' data-step='{escape(step.name)}'><b>{escape(step.name)}</b> ({escape(step.kind)}){model}{origin}"]
+    out = step.outputs
+    texts: list[tuple[str, str]] = []
+    if "caption" in out:
+        texts.append(("caption", out["caption"]))
+    if "descriptions" in out:
+        sources = out.get("sources") or [{}] * len(out["descriptions"])
+        for i, (text, src) in enumerate(zip(out["descriptions"], sources)):
+            label = f"rewrite {i + 1}" + (f" ({src.get('template')}, sample {src.get('sample')})" if src else "")
+            texts.append((label, text))
+    for label, text in texts:
+        parts.append(f"<div class='meta'>{escape(label)}</div><div class='text output'>{escape(str(text))}</div>")
+    if step.prompts and step.kind in ("caption", "rewrite"):
+        rendered = "\n\n".join(_prompt_text(p) for p in step.prompts)
+        raw = "\n\n".join(str(r) for r in step.raw)
+        parts.append(
+            f"<details><summary>prompts sent and raw answers</summary>"
+            f"<div class='text prompt'>{escape(rendered)}</div><div class='text raw'>{escape(raw)}</div></details>"
+        )
+    parts.extend(f"<div class='note'>{escape(note)}</div>" for note in step.notes)
+    if step.error:
+        parts.append(f"<div class='error'>{escape(step.error)}</div>")
+    parts.append("</div>")
+    return "\n".join(parts)
+
+
+def _prompt_text(prompt: Any) -> str:
+    if isinstance(prompt, list):
+        return "\n".join(f"[{m.get('role')}] {m.get('content')}" if isinstance(m, dict) else str(m) for m in prompt)
+    return str(prompt)
+
+
+def _image(path: str | None, size: int, alt: str) -> str:
+    try:
+        image = load_image(path) if path else None
+    except ImageError:
+        image = None
+    if image is None:
+        return f"<div class='missing' style='width:{size}px'>image missing: {escape(str(path))}</div>"
+    image.thumbnail((size, size))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    data = base64.b64encode(buffer.getvalue()).decode()
+    return f"<img src='data:image/jpeg;base64,{data}' alt='{escape(alt)}'>"
