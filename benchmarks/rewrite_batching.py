@@ -18,29 +18,9 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def build_model(out_dir: Path, new_tokens: int) -> Path:
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-
-    from tiny_models import CHATML_TEMPLATE, IM_END, IM_START, build_tokenizer
-
-    tok = build_tokenizer(out_dir, chat_template=CHATML_TEMPLATE, extra_special_tokens=[IM_START, IM_END])
-    config = LlamaConfig(
-        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-        num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048, tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.convert_tokens_to_ids(IM_END), pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).eval()
-    model.generation_config = GenerationConfig(
-        eos_token_id=config.eos_token_id, pad_token_id=tok.pad_token_id,
-        min_new_tokens=new_tokens, max_new_tokens=new_tokens, do_sample=False,
-    )
-    model.save_pretrained(out_dir)
-    return out_dir
+from small_models import build_small_llm  # noqa: E402
 
 
 def main() -> None:
@@ -66,7 +46,7 @@ def main() -> None:
         for i in range(args.queries)
     ]
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = build_model(Path(tmp) / "llm", args.new_tokens)
+        model_dir = build_small_llm(Path(tmp) / "llm", args.new_tokens)
         engine = load_model(ModelSpec(type="llm", id=str(model_dir)))
         rows = []
         for batch_size in (1, args.batch_size):

@@ -13,6 +13,8 @@ from rich.markup import escape
 
 from cirkit.commands.catalog import pipelines_app, prompts_app
 from cirkit.commands.common import DataDir
+from cirkit.commands.eval import SUBCOMMANDS as EVAL_SUBCOMMANDS
+from cirkit.commands.eval import eval_app
 from cirkit.commands.index import index
 from cirkit.commands.query import query
 from cirkit.commands.report import report
@@ -32,6 +34,7 @@ app.command()(report)
 app.add_typer(pipelines_app, name="pipelines")
 app.add_typer(prompts_app, name="prompts")
 app.add_typer(runs_app, name="runs")
+app.add_typer(eval_app, name="eval")
 
 
 @app.callback()
@@ -47,8 +50,12 @@ def main() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     _quiet_libraries()
+    args = sys.argv[1:]
+    at = next((i for i, a in enumerate(args) if a == "eval"), None)
+    if at is not None and at + 1 < len(args) and args[at + 1] not in EVAL_SUBCOMMANDS:
+        args.insert(at + 1, "run")  # `cirkit eval BENCH ...` is `cirkit eval run BENCH ...`
     try:
-        code = app(standalone_mode=False)
+        code = app(args, standalone_mode=False)
         if code == 130:  # typer turns Ctrl-C into an exit code when not standalone
             raise KeyboardInterrupt
     except CirkitError as exc:

@@ -128,8 +128,13 @@ def build_index(
     workers: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = True,
+    files: list[str] | None = None,
 ) -> BuildReport:
-    """Index every image under `images_dir` into `out_dir`, reusing whatever is already there."""
+    """Index every image under `images_dir` into `out_dir`, reusing whatever is already there.
+
+    `files` (paths relative to `images_dir`) restricts the gallery to those images, e.g. a
+    benchmark split's gallery; a listed file that does not exist is skipped as missing.
+    """
     import faiss
 
     root = Path(images_dir).expanduser().resolve()
@@ -141,7 +146,7 @@ def build_index(
     previous = read_manifest(out)
     report = BuildReport(directory=out)
 
-    files = iter_image_files(root)
+    files = [root / f for f in files] if files is not None else iter_image_files(root)
     known = {e["path"]: e for e in (previous or {}).get("entries", [])} if previous and previous["root"] == str(root) else {}
     entries: list[dict[str, Any]] = []
     with _progress(progress) as bar:
@@ -156,6 +161,8 @@ def build_index(
                 else:
                     sha = image_sha256(path)
                 entries.append({"path": rel, "sha256": sha, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+            except FileNotFoundError:
+                report.skipped.append({"path": rel, "reason": "missing file"})
             except (OSError, ImageError) as exc:
                 report.skipped.append({"path": rel, "reason": str(exc) if isinstance(exc, ImageError) else one_line(exc)})
             bar.advance(task)

@@ -102,9 +102,7 @@ def _plan(store: RunStore, revision: Revision, pipeline_ref, prompts) -> dict[st
                 + ", ".join(s.name for s in pipe.steps if s.component.editable)
             )
         old = _stored_step(run, step.name)
-        outputs = {step.component.editable: text}
-        if step.kind == "rewrite":
-            outputs.update(descriptions=[text], sources=[{"template": "edited by hand", "sample": 1}])
+        outputs = step.component.given_outputs(text)
         copied.append(
             StepRecord(
                 position=start, name=step.name, kind=step.kind, status="ok", model=None, params={}, templates=[],

@@ -62,6 +62,25 @@ CREATE TABLE IF NOT EXISTS cache (
     created_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS runs_created ON runs(created_at);
+-- an evaluation: one benchmark split run through one pipeline, with every query's run
+CREATE TABLE IF NOT EXISTS experiments (
+    id TEXT PRIMARY KEY,
+    created_at TEXT NOT NULL,
+    benchmark TEXT NOT NULL,
+    split TEXT NOT NULL,
+    pipeline_name TEXT NOT NULL,
+    pipeline_hash TEXT NOT NULL,
+    data_dir TEXT NOT NULL,
+    index_dir TEXT NOT NULL,
+    metrics TEXT NOT NULL            -- JSON
+);
+CREATE TABLE IF NOT EXISTS experiment_runs (
+    experiment_id TEXT NOT NULL REFERENCES experiments(id),
+    query_id TEXT NOT NULL,
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    target_rank INTEGER,             -- first target's rank under the protocol; NULL: not in the ranking
+    PRIMARY KEY (experiment_id, query_id)
+);
 """
 
 
@@ -257,6 +276,41 @@ class RunStore:
             parent_id=row["parent_id"],
             change=json.loads(row["change"]) if row["change"] else None,
         )
+
+    def add_experiment(self, *, benchmark: str, split: str, pipeline, data_dir: str, index_dir: str,
+                       metrics: dict[str, Any], runs: list[tuple[str, str, int | None]]) -> str:
+        """Store an evaluation with (query id, run id, target rank) per query; returns its id."""
+        exp_id = "e" + uuid.uuid4().hex[:11]
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.execute(
+                "INSERT INTO experiments VALUES (?,?,?,?,?,?,?,?,?)",
+                (exp_id, _now(), benchmark, split, pipeline.name, pipeline.hash, data_dir, index_dir, _dumps(metrics)),
+            )
+            self.db.executemany(
+                "INSERT INTO experiment_runs VALUES (?,?,?,?)", [(exp_id, q, r, rank) for q, r, rank in runs]
+            )
+        return exp_id
+
+    def experiment(self, exp_id: str) -> dict[str, Any]:
+        rows = self.db.execute("SELECT * FROM experiments WHERE id LIKE ? LIMIT 2", (exp_id.strip() + "%",)).fetchall()
+        if not exp_id.strip() or not rows:
+            raise CirkitError(f"unknown experiment '{exp_id}' (see `cirkit eval list`)")
+        if len(rows) > 1:
+            raise CirkitError(f"experiment prefix '{exp_id}' is ambiguous: give more characters")
+        exp = dict(rows[0])
+        exp["metrics"] = json.loads(exp["metrics"])
+        exp["runs"] = [
+            dict(r)
+            for r in self.db.execute(
+                "SELECT query_id, run_id, target_rank FROM experiment_runs WHERE experiment_id=? ORDER BY rowid", (exp["id"],)
+            )
+        ]
+        return exp
+
+    def experiments(self, limit: int = 20) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT * FROM experiments ORDER BY created_at DESC LIMIT ?", (limit,)).fetchall()
+        return [{**dict(r), "metrics": json.loads(r["metrics"])} for r in rows]
 
     def all_ids(self) -> list[str]:
         return [r["id"] for r in self.db.execute("SELECT id FROM runs ORDER BY created_at, rowid")]

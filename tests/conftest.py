@@ -126,3 +126,19 @@ def cli(capsys, tmp_path, monkeypatch):
         return CliResult(code, out, err)
 
     return run
+
+
+@pytest.fixture
+def engine_calls_counter(monkeypatch):
+    """(model id, number of requests) of every generation call, through the real transformers engine."""
+    from cirkit.engines.transformers_engine import TransformersEngine
+
+    calls = []
+    real = TransformersEngine.generate
+
+    def counting(self, requests, params, on_batch=None):
+        calls.append((self.model_id, len(requests)))
+        return real(self, requests, params, on_batch)
+
+    monkeypatch.setattr(TransformersEngine, "generate", counting)
+    return calls

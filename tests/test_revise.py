@@ -11,19 +11,8 @@ from conftest import write_pipeline
 
 
 @pytest.fixture
-def engine_calls(monkeypatch):
-    """(model id, number of requests) of every generation call, through the real engine."""
-    from cirkit.engines.transformers_engine import TransformersEngine
-
-    calls = []
-    real = TransformersEngine.generate
-
-    def counting(self, requests, params, on_batch=None):
-        calls.append((self.model_id, len(requests)))
-        return real(self, requests, params, on_batch)
-
-    monkeypatch.setattr(TransformersEngine, "generate", counting)
-    return calls
+def engine_calls(engine_calls_counter):
+    return engine_calls_counter
 
 
 def _query(cli, index, image, pipeline, *extra):

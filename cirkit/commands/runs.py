@@ -270,3 +270,27 @@ def _report_new_run(store, old_id: str, new_id: str) -> None:
         raise CirkitError(f"run {new_id}: {new.error}")
     print_results((new.results or [])[:10])
     stdout.print(f"compare with: cirkit runs diff {old_id} {new_id}")
+
+
+@runs_app.command("failures")
+def runs_failures(
+    ctx: typer.Context,
+    experiment: Annotated[str, typer.Argument(help="An experiment id (from `cirkit eval`).")],
+    k: Annotated[int, typer.Option("--k", "-k", min=1, help="A failure: the target is not in the top k.")] = 10,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1)] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """The queries of an experiment whose target is not in the top k, ready to fix with `runs edit`."""
+    from cirkit.experiments import failures
+
+    rows = failures(open_store(ctx), experiment, k, limit)
+    if as_json:
+        print(json.dumps(rows, ensure_ascii=False))
+        return
+    table = Table("query", "run id", "target rank", "modification", "caption", "rewrite", title=f"{len(rows)} failures (top {k})")
+    for row in rows:
+        table.add_row(
+            escape(str(row["query_id"])), row["run_id"], str(row["target_rank"] or "-"), escape(row["modification"] or ""),
+            escape(row.get("caption", "")), escape(" | ".join(row.get("descriptions", [])) or (row["error"] or "")),
+        )
+    stdout.print(table)

@@ -57,6 +57,12 @@ class Component:
     def run(self, items: list[dict[str, Any]]) -> list[ItemResult]:
         raise NotImplementedError
 
+    @classmethod
+    def given_outputs(cls, value: str | list[str]) -> dict[str, Any]:
+        """The outputs for a text (or texts) given by hand or from a file instead of a model."""
+        text = value if isinstance(value, str) else value[0]
+        return {cls.editable: text}
+
 
 def clean_text(text: str) -> str:
     """Model output made fit to pass on: control characters dropped, whitespace collapsed."""

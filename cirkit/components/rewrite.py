@@ -39,6 +39,11 @@ class Rewrite(Component):
     Params = RewriteParams
     editable = "description"
 
+    @classmethod
+    def given_outputs(cls, value: str | list[str]) -> dict[str, Any]:
+        texts = [value] if isinstance(value, str) else list(value)
+        return {"description": texts[0], "descriptions": texts, "sources": [{"template": "given", "sample": i + 1} for i in range(len(texts))]}
+
     def run(self, items: list[dict[str, Any]]) -> list[ItemResult]:
         conversations = [
             [template.render(caption=item["caption"], modification=item["modification"]) for template in self.prompts]

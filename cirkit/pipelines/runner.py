@@ -100,6 +100,9 @@ def run_queries(
         params = step.params
         if step.kind == "search" and k is not None and k > params.k:
             params = params.model_copy(update={"k": k})
+        if step.given:
+            live = _take_given(step, position, todo, live, contexts, run_ids, store, failures)
+            continue
         items = {i: {name: contexts[i][source] for name, source in step.inputs.items()} for i in todo}
         keys = {i: _cache_key(pipeline, step, params, items[i]) for i in todo} if step.component.cacheable else {}
         cached = {i: hit for i in todo if use_cache and keys and (hit := store.cache_get(keys[i])) is not None}
@@ -162,6 +165,35 @@ def run_queries(
         more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
         raise CirkitError(failures[0] + more)
     return run_ids
+
+
+def _take_given(step, position, todo, live, contexts, run_ids, store, failures) -> list[int]:
+    """A step whose texts come from a file: keyed by query id, else reference image name or stem."""
+    source, texts = step.given
+    still_live = [i for i in live if i not in todo]
+    for i in todo:
+        image = Path(contexts[i]["_image_path"])
+        key = next((k for k in (contexts[i].get("_query_id"), image.name, image.stem) if k is not None and k in texts), None)
+        if key is None:
+            error = f"no text for query {contexts[i].get('_query_id') or image.name} in {source}"
+            outputs = {}
+        else:
+            error, outputs = None, step.component.given_outputs(texts[key])
+        record = StepRecord(
+            position=position, name=step.name, kind=step.kind, status="failed" if error else "ok", model=None,
+            params={}, templates=[], prompts=[], raw=[], outputs=outputs, notes=[f"given: {source} [{key}]"] if key else [],
+            seconds=0.0, error=error, origin="given",
+        )
+        store.add_step(run_ids[i], record)
+        if error:
+            store.finish_run(run_ids[i], results=None, error=f"step '{step.name}' failed: {error}")
+            failures.append(f"step '{step.name}' failed: {error} (run {run_ids[i]})")
+            continue
+        for name, value in outputs.items():
+            contexts[i][name] = value
+            contexts[i][f"{step.name}.{name}"] = value
+        still_live.append(i)
+    return sorted(still_live)
 
 
 def _uses_image(pipeline: Pipeline, start: int) -> bool:
@@ -229,4 +261,4 @@ def _query_context(query: Query, load: bool = True) -> dict[str, Any]:
         inputs["query_id"] = query.id
     if query.targets:
         inputs["targets"] = list(query.targets)
-    return {"image": image, "modification": text, "_inputs": inputs}
+    return {"image": image, "modification": text, "_inputs": inputs, "_image_path": str(path), "_query_id": query.id}

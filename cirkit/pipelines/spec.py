@@ -91,6 +91,8 @@ class StepSpec(BaseModel):
     prompt: str | list[str] | None = None  # one template, or several for an ensemble
     inputs: dict[str, str] = Field(default_factory=dict)
     params: dict[str, Any] = Field(default_factory=dict)
+    # take the step's texts from a JSON file {query id or reference image name: text or [texts]}
+    given: str | None = None
 
 
 class PipelineFile(BaseModel):
@@ -104,7 +106,10 @@ class PipelineFile(BaseModel):
 class Step:
     """A validated step: its component class, parsed params, prompt templates and input wiring."""
 
-    def __init__(self, spec: StepSpec, params: BaseModel, prompts: list[Prompt], inputs: dict[str, str]):
+    def __init__(
+        self, spec: StepSpec, params: BaseModel, prompts: list[Prompt], inputs: dict[str, str],
+        given: tuple[str, dict[str, Any]] | None = None,
+    ):
         self.spec = spec
         self.name = spec.name
         self.kind = spec.kind
@@ -112,6 +117,7 @@ class Step:
         self.params = params
         self.prompts = prompts
         self.inputs = inputs
+        self.given = given  # (file, {key: text or [texts]}) when the step's texts come from a file
 
 
 class Pipeline:
@@ -222,7 +228,12 @@ def validate_pipeline(
                 f"{where}: field 'kind': unknown component kind '{spec_step.kind}' "
                 f"(known: {', '.join(sorted(COMPONENTS))})"
             )
-        if component.model_types:
+        given = None
+        if spec_step.given:
+            if component.editable is None:
+                raise CirkitError(f"{where}: field 'given': a {spec_step.kind} step has no text output to take from a file")
+            given = _read_given(spec_step.given, base_dir, where)
+        if component.model_types and given is None:
             if not spec_step.model:
                 raise CirkitError(f"{where}: field 'model': a {spec_step.kind} step needs a model")
             model = spec.models.get(spec_step.model)
@@ -242,7 +253,7 @@ def validate_pipeline(
         refs = prompt_overrides.get(spec_step.name, spec_step.prompt) or []
         refs = [refs] if isinstance(refs, str) else list(refs)
         prompts = []
-        if component.prompt_variables is not None:
+        if component.prompt_variables is not None and given is None:
             if not refs:
                 raise CirkitError(f"{where}: field 'prompt': a {spec_step.kind} step needs a prompt template")
             if component.max_prompts is not None and len(refs) > component.max_prompts:
@@ -260,7 +271,7 @@ def validate_pipeline(
                         f"(it provides: {', '.join(component.prompt_variables) or 'none'})"
                     )
                 prompts.append(prompt)
-        elif refs:
+        elif refs and given is None:
             raise CirkitError(f"{where}: field 'prompt': a {spec_step.kind} step takes no prompt")
 
         try:
@@ -285,8 +296,27 @@ def validate_pipeline(
                 )
         for out in component.outputs:
             available |= {out, f"{spec_step.name}.{out}"}
-        steps.append(Step(spec_step, params, prompts, wiring))
+        steps.append(Step(spec_step, params, prompts, wiring, given))
     return Pipeline(spec, steps, source, text)
+
+
+def _read_given(ref: str, base_dir: Path, where: str) -> tuple[str, dict[str, Any]]:
+    import json
+
+    path = Path(ref).expanduser()
+    if not path.is_absolute() and (base_dir / path).exists():
+        path = base_dir / path
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CirkitError(f"{where}: field 'given': cannot read {ref}: {one_line(exc)}") from None
+    except ValueError as exc:
+        raise CirkitError(f"{where}: field 'given': {ref} is not JSON: {one_line(exc)}") from None
+    if not isinstance(data, dict) or not all(
+        isinstance(v, str) or (isinstance(v, list) and v and all(isinstance(x, str) for x in v)) for v in data.values()
+    ):
+        raise CirkitError(f"{where}: field 'given': {ref} must be a JSON object {{key: text or [texts]}}")
+    return str(path.resolve()), data
 
 
 def _where(exc: ValidationError, step_names: list[Any]) -> str:

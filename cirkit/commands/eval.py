@@ -1,0 +1,116 @@
+"""`cirkit eval`: run a pipeline on a benchmark, score prediction files, list and compare experiments."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from cirkit.commands.common import open_store
+from cirkit.console import stdout
+
+eval_app = typer.Typer(
+    help="Evaluate on CIRR, CIRCO, FashionIQ, GeneCIS or your own triplets (`cirkit eval BENCH --data DIR --split S`).",
+    no_args_is_help=True,
+)
+SUBCOMMANDS = ("run", "score", "compare", "list", "--help", "-h")
+
+
+@eval_app.command("run")
+def eval_run(
+    ctx: typer.Context,
+    bench: Annotated[str, typer.Argument(help="cirr, circo, fashioniq-dress|shirt|toptee, genecis, triplets")],
+    data: Annotated[Path, typer.Option("--data", help="The data directory (layout: see the README).")],
+    split: Annotated[str, typer.Option("--split", help="val, test1, test, a GeneCIS task, or a triplets file name.")],
+    pipeline: Annotated[str, typer.Option("--pipeline", "-p")] = "cirevl",
+    index: Annotated[Optional[Path], typer.Option("--index", help="Gallery index directory (default: under DATA).")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Only the first N queries.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Queries per batch.")] = 64,
+    submission: Annotated[Path, typer.Option("--submission-dir", help="Where test-split submission files go.")] = Path("."),
+    no_cache: Annotated[bool, typer.Option("--no-cache")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Run a pipeline over a benchmark split in batches and score it with the official protocol."""
+    from cirkit.experiments import run_experiment
+
+    exp = run_experiment(
+        bench, data, split, pipeline=pipeline, store=open_store(ctx), index_dir=index, limit=limit,
+        batch_size=batch_size, submission_dir=submission, use_cache=not no_cache, progress=not as_json,
+    )
+    if as_json:
+        print(json.dumps({"experiment": exp.id, "metrics": exp.metrics, "submission": [str(p) for p in exp.submission]}))
+        return
+    _metrics_table(exp.metrics, f"{bench} {split} (experiment {exp.id})")
+    for path in exp.submission:
+        stdout.print(f"submission file: {path}")
+    stdout.print(f"failures: cirkit runs failures {exp.id}")
+
+
+@eval_app.command("score")
+def eval_score(
+    bench: Annotated[str, typer.Argument(help="cirr, circo, fashioniq-dress|shirt|toptee, genecis, triplets")],
+    annotations: Annotated[Path, typer.Option("--annotations", help="The data directory with the annotation files.")],
+    predictions: Annotated[list[Path], typer.Option("--predictions", help="Predictions or submission file(s).")],
+    split: Annotated[str, typer.Option("--split")] = "val",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Score an existing predictions or submission file, without any model."""
+    from cirkit.benchmarks import score_predictions
+
+    metrics = score_predictions(bench, annotations, predictions if len(predictions) > 1 else predictions[0], split)
+    if as_json:
+        print(json.dumps(metrics))
+        return
+    _metrics_table(metrics, f"{bench} {split}: {', '.join(p.name for p in predictions)}")
+
+
+@eval_app.command("list")
+def eval_list(ctx: typer.Context, limit: Annotated[int, typer.Option(min=1)] = 20) -> None:
+    """Recent experiments."""
+    table = Table("experiment", "created (UTC)", "benchmark", "split", "pipeline", "headline")
+    for exp in open_store(ctx).experiments(limit):
+        headline = ", ".join(f"{k}={v:.2f}" for k, v in list(exp["metrics"].items())[:3] if isinstance(v, (int, float)))
+        table.add_row(exp["id"], exp["created_at"][:19], exp["benchmark"], exp["split"], exp["pipeline_name"], headline)
+    stdout.print(table)
+
+
+@eval_app.command("compare")
+def eval_compare(
+    ctx: typer.Context,
+    a: Annotated[str, typer.Argument(help="An experiment id.")],
+    b: Annotated[str, typer.Argument(help="Another experiment id.")],
+    limit: Annotated[int, typer.Option(min=1, help="Queries listed per direction.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Metrics side by side, and the queries that got better or worse."""
+    from cirkit.experiments import compare
+
+    diff = compare(open_store(ctx), a, b)
+    if as_json:
+        print(json.dumps(diff))
+        return
+    table = Table("metric", diff["a"], diff["b"], "change", title="Metrics")
+    for row in diff["metrics"]:
+        va, vb = row["a"], row["b"]
+        change = f"{vb - va:+.2f}" if isinstance(va, (int, float)) and isinstance(vb, (int, float)) else ""
+        table.add_row(row["metric"], _fmt(va), _fmt(vb), change)
+    stdout.print(table)
+    for label, rows in (("better", diff["better"]), ("worse", diff["worse"])):
+        stdout.print(f"{len(rows)} queries got {label}" + (":" if rows else ""))
+        for row in rows[:limit]:
+            stdout.print(f"  {escape(row['query_id'])}: target rank {row['rank_a'] or '-'} -> {row['rank_b'] or '-'} (run {row['run_b']})")
+
+
+def _fmt(value) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value) if value is not None else "-"
+
+
+def _metrics_table(metrics: dict, title: str) -> None:
+    table = Table("metric", "value", title=title)
+    for key, value in metrics.items():
+        table.add_row(escape(str(key)), _fmt(value))
+    stdout.print(table)
