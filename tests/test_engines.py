@@ -56,9 +56,15 @@ def test_n_without_sampling_or_beams_is_rejected():
         GenerationParams(n=2)
 
 
-@pytest.mark.parametrize("which", ["blip2", "qwen2vl"])
-def test_vlm_captions_images_in_batches(tiny_models, which):
-    engine = load_model(ModelSpec(type="vlm", id=str(getattr(tiny_models, which))))
+@pytest.mark.parametrize("which", ["blip", "blip2", "qwen2vl"])
+def test_vlm_captions_images_in_batches(tiny_models, tmp_path, which):
+    if which == "blip":
+        from tiny_models import build_tiny_blip
+
+        path = build_tiny_blip(tmp_path / "blip")
+    else:
+        path = getattr(tiny_models, which)
+    engine = load_model(ModelSpec(type="vlm", id=str(path)))
     images = [Image.new("RGB", (64, 48), (200, 30, 30)), Image.new("RGB", (30, 30), (20, 40, 220))]
     params = GenerationParams(max_new_tokens=5, num_beams=2)
     requests = [GenerationRequest(_user("Describe the image."), image=im) for im in images]

@@ -219,7 +219,8 @@ def _speak_words_only(model, tok) -> None:
     import torch
 
     with torch.no_grad():
-        model.get_output_embeddings().weight[_non_word_tokens(tok)] = 0.0
+        head = model.get_output_embeddings() or model.text_decoder.get_output_embeddings()  # BLIP: in its decoder
+        head.weight[_non_word_tokens(tok)] = 0.0
 
 
 def _non_word_tokens(tok) -> list[int]:
@@ -351,6 +352,35 @@ def build_tiny_blip2(out_dir, num_query_tokens: int = 4, image_size: int = 32) -
     processor = Blip2Processor(image_processor=image_processor, tokenizer=tok, num_query_tokens=num_query_tokens)
     processor.save_pretrained(out_dir)
     _rmtree(out_dir / "_tokenizer")
+    return out_dir
+
+
+def build_tiny_blip(out_dir) -> Path:
+    """Tiny BLIP (v1) captioner: ViT 32 px + 2-layer BERT decoder, with BlipProcessor."""
+    import torch
+    from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor, GenerationConfig
+
+    out_dir = Path(out_dir)
+    tok = build_tokenizer(out_dir)
+    config = BlipConfig(
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                       "image_size": 32, "patch_size": 8},
+        text_config={"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 2, "encoder_hidden_size": 32, "max_position_embeddings": 128,
+                     "pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id,
+                     "eos_token_id": tok.eos_token_id, "sep_token_id": tok.eos_token_id, "tie_word_embeddings": False},
+        projection_dim=32,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        model = BlipForConditionalGeneration(config).eval()
+        _speak_words_only(model, tok)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        decoder_start_token_id=tok.bos_token_id,
+    )
+    model.save_pretrained(out_dir)
+    BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok).save_pretrained(out_dir)
     return out_dir
 
 

@@ -56,6 +56,8 @@ class TransformersEngine(Engine):
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        if self.model.generation_config.pad_token_id is None:
+            self.model.generation_config.pad_token_id = self.tokenizer.pad_token_id
         self.chat = bool(getattr(self.processor or self.tokenizer, "chat_template", None))
 
     def describe(self) -> dict[str, Any]:
@@ -127,7 +129,6 @@ class TransformersEngine(Engine):
             "max_new_tokens": params.max_new_tokens,
             "num_beams": params.num_beams,
             "num_return_sequences": params.n,
-            "pad_token_id": self.tokenizer.pad_token_id,
         }
         if params.temperature > 0:
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
