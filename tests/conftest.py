@@ -26,6 +26,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import build_tiny_blip2, build_tiny_clip, build_tiny_llm, build_tiny_qwen2vl  # noqa: E402
 
 
+SHARED_BENCHMARKS = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    """The real benchmark annotation files, in the shared/ folder beside the repository."""
+    if not (SHARED_BENCHMARKS / "README.md").is_file():
+        pytest.fail(f"real benchmark annotations not found at {SHARED_BENCHMARKS}: these tests need the shared/ folder "
+                    "beside the repository (shared/benchmarks)")
+    return SHARED_BENCHMARKS
+
+
 @dataclass
 class TinyModels:
     llm: Path

@@ -13,15 +13,6 @@ from PIL import Image
 from cirkit.benchmarks import crop_box, crop_instance, evaluate, load, load_group, load_triplets
 from cirkit.errors import CirkitError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
-
-
-@pytest.fixture(scope="module")
-def shared() -> Path:
-    if not (SHARED / "README.md").is_file():
-        pytest.fail(f"real benchmark annotations not found at {SHARED}: these tests need the shared/ folder "
-                    "beside the repository (shared/benchmarks)")
-    return SHARED
 
 
 def one_line_error(excinfo) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,15 +23,6 @@ from cirkit.benchmarks import (
 from cirkit.benchmarks.metrics import check_no_duplicates, restricted, without
 from cirkit.errors import CirkitError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
-
-
-@pytest.fixture(scope="module")
-def shared() -> Path:
-    if not (SHARED / "README.md").is_file():
-        pytest.fail(f"real benchmark annotations not found at {SHARED}: these tests need the shared/ folder "
-                    "beside the repository (shared/benchmarks)")
-    return SHARED
 
 
 # ---------------------------------------------------------------- primitives

@@ -18,15 +18,6 @@ from cirkit.benchmarks import (
 )
 from cirkit.errors import CirkitError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
-
-
-@pytest.fixture(scope="module")
-def shared() -> Path:
-    if not (SHARED / "README.md").is_file():
-        pytest.fail(f"real benchmark annotations not found at {SHARED}: these tests need the shared/ folder "
-                    "beside the repository (shared/benchmarks)")
-    return SHARED
 
 
 @pytest.fixture(scope="module")

@@ -111,12 +111,9 @@ def test_eval_bad_input(cli, tmp_path, cirr_dir, tiny_pipeline, args, message):
     assert len(res.stderr.strip().splitlines()) == 1
 
 
-def test_steps_can_take_given_texts(cli, tmp_path, cirr_dir, tiny_models, engine_calls_counter):
+def test_steps_can_take_given_texts(cli, tmp_path, cirr_dir, tiny_models, engine_calls_counter, shared):
     """The precomputed BLIP-2 captions of CIRR (keyed by image name) replace the captioner."""
-    from pathlib import Path
-
-    shared = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "captions" / "image_captions_cirr_val.json"
-    given = json.loads(shared.read_text())
+    given = json.loads((shared / "captions" / "image_captions_cirr_val.json").read_text())
     mine = {name: given.get(name, f"a photo numbered {i}") for i, name in enumerate(NAMES)}
     captions = tmp_path / "captions.json"
     captions.write_text(json.dumps(mine))

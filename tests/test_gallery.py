@@ -393,7 +393,7 @@ def test_interrupted_build_keeps_finished_batches(tiny_models, tmp_path):
     resumed = build_index(images, out, clip, batch_size=8, workers=0, progress=False)
     # 46 files; the 3 saved batches held broken.png (a cached failure) and 23 images
     assert (resumed.count, resumed.embedded, len(resumed.skipped)) == (45, 46 - 24, 1)
-    fresh = build_index(images, tmp_path / "fresh", clip, batch_size=8, workers=0, progress=False)
+    build_index(images, tmp_path / "fresh", clip, batch_size=8, workers=0, progress=False)
     (a, va), (b, vb) = load_index(out), load_index(tmp_path / "fresh")
     assert a["entries"] == b["entries"] and a["skipped"] == b["skipped"]
     assert np.array_equal(va, vb)
