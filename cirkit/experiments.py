@@ -69,9 +69,14 @@ def run_experiment(
     available = {name_of[p] for p in index.paths if p in name_of}
     row_of = {name_of[p]: i for i, p in enumerate(index.paths) if p in name_of}
 
+    # with ground truth, a query whose reference image is missing or unreadable is not run: it counts as a miss
+    runnable = [q for q in queries if not benchmark.has_ground_truth or q.reference not in benchmark.gallery
+                or q.reference in available]
+    if len(runnable) < len(queries):
+        stderr.print(f"{len(queries) - len(runnable)} queries have a missing reference image: they count as misses")
     runs: list[tuple[str, str]] = []
-    for start in range(0, len(queries), batch_size):
-        chunk = queries[start : start + batch_size]
+    for start in range(0, len(runnable), batch_size):
+        chunk = runnable[start : start + batch_size]
         batch = [
             Query(benchmark.data_dir / benchmark.gallery.get(q.reference, q.reference), q.text, q.id,
                   [benchmark.gallery[t] for t in q.targets if t in benchmark.gallery])
@@ -81,10 +86,10 @@ def run_experiment(
                           raise_on_failure=False, use_cache=use_cache)
         runs.extend(zip((q.id for q in chunk), ids))
         if progress:
-            stderr.print(f"{benchmark.title}: {min(start + batch_size, len(queries))}/{len(queries)} queries")
+            stderr.print(f"{benchmark.title}: {min(start + batch_size, len(runnable))}/{len(runnable)} queries")
 
     rankings, failed = {}, 0
-    for query, (qid, run_id) in zip(queries, runs):
+    for query, (qid, run_id) in zip(runnable, runs):
         run = store.get(run_id)
         if run.status != "ok":
             failed += 1
@@ -92,6 +97,9 @@ def run_experiment(
         ranking = [name_of[hit["path"]] for hit in run.results or [] if hit["path"] in name_of]
         if query.candidates:
             ranking = _with_candidates(ranking, query.candidates, _query_vector(run), index, row_of)
+            if benchmark.protocol == "genecis":  # the protocol ranks the query's own candidates only
+                allowed = set(query.candidates)
+                ranking = [name for name in ranking if name in allowed]
         rankings[qid] = ranking
     part = _subset(benchmark, queries)
     submission: list[Path] = []
@@ -103,7 +111,9 @@ def run_experiment(
             submission = _write_submission(benchmark, rankings, Path(submission_dir))
     metrics["failed_runs"] = failed
     per_candidates = benchmark.protocol == "genecis"  # ranked among its candidates only
-    target_ranks = [(qid, run_id, _target_rank(q, rankings.get(qid), per_candidates)) for q, (qid, run_id) in zip(queries, runs)]
+    drop_reference = benchmark.protocol in ("cirr", "triplets")  # CIRCO and FashionIQ rank the reference too
+    target_ranks = [(qid, run_id, _target_rank(q, rankings.get(qid), per_candidates, drop_reference))
+                    for q, (qid, run_id) in zip(runnable, runs)]
     exp_id = store.add_experiment(
         benchmark=bench, split=split, pipeline=spec, data_dir=str(Path(data_dir).resolve()),
         index_dir=str(index_dir.resolve()), metrics=metrics, runs=target_ranks,
@@ -177,11 +187,13 @@ def _with_candidates(ranking: list[str], candidates, vector, index: GalleryIndex
     return ranking + rest
 
 
-def _target_rank(query, ranking: list[str] | None, per_candidates: bool) -> int | None:
-    """The first target's rank, the reference removed (within the candidates for GeneCIS)."""
+def _target_rank(query, ranking: list[str] | None, per_candidates: bool, drop_reference: bool = True) -> int | None:
+    """The first target's rank under the protocol: the reference removed where it is (CIRR, triplets),
+    within the candidates for GeneCIS."""
     if not ranking or not query.targets:
         return None
-    ranking = [name for name in ranking if name != query.reference]
+    if drop_reference:
+        ranking = [name for name in ranking if name != query.reference]
     if per_candidates and query.candidates:
         allowed = set(query.candidates)
         ranking = [name for name in ranking if name in allowed]

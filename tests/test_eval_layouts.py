@@ -120,7 +120,7 @@ def test_circo_val(cli, tmp_path, tiny_pipeline):
     records = {str(r["id"]): r for r in json.loads((data / "circo" / "annotations" / "val.json").read_text())}
     for k in (5, 10, 25, 50):
         aps = []
-        for qid, (run, target_rank) in runs.items():
+        for qid, (run, _) in runs.items():
             ranking = [str(int(s)) for s in ranked_stems(run)]
             assert len(ranking) == 12 and len(set(ranking)) == 12
             gts = [str(g) for g in records[qid]["gt_img_ids"]]
@@ -128,7 +128,8 @@ def test_circo_val(cli, tmp_path, tiny_pipeline):
         assert m[f"mAP@{k}"] == pytest.approx(100 * sum(aps) / len(aps))
     for qid, (run, target_rank) in runs.items():
         assert run.inputs["modification"] == records[qid]["relative_caption"]
-        assert target_rank is not None and 1 <= target_rank <= 11  # the reference is not counted
+        ranking = [int(s) for s in ranked_stems(run)]  # used as given: the reference is not removed
+        assert target_rank == min(ranking.index(g) for g in records[qid]["gt_img_ids"]) + 1
     assert out["experiment"] in cli("eval", "list").stdout
     assert json.loads(cli("runs", "failures", out["experiment"], "--k", "50", "--json").stdout) == []
 
@@ -142,6 +143,7 @@ def test_circo_test_small_gallery_cannot_make_a_submission(cli, tmp_path, tiny_p
     line = one_error_line(res)
     assert "12 names; the server needs 50" in line
     assert not list(sub.glob("*.json"))  # nothing half-written
+    assert store().experiments() == []  # and no experiment stored
 
 
 def test_circo_test_submission(cli, tmp_path, tiny_pipeline):
@@ -256,8 +258,9 @@ def test_fashioniq_dress_val(cli, tmp_path, tiny_pipeline):
         assert run.inputs["modification"] == text  # the protocol's "c0 and c1"
         assert Path(run.inputs["image"]).name == f"{FIQ[2 * i]}.jpg"
         ranking = ranked_stems(run)
-        assert FIQ[2 * i] in ranking  # the reference stays in the gallery
-        hits10 += FIQ[2 * i + 1] in ranking[:10]
+        assert FIQ[2 * i] in ranking and len(ranking) == 12  # the reference stays in the gallery ...
+        assert target_rank == ranking.index(FIQ[2 * i + 1]) + 1  # ... and in the stored target rank
+        hits10 += target_rank <= 10
     assert m["R@10"] == pytest.approx(100 * hits10 / 4)
 
 
