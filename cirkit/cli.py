@@ -42,6 +42,14 @@ def _root(ctx: typer.Context, data_dir: DataDir = None) -> None:
     ctx.obj = {"data_dir": data_dir}
 
 
+def _eval_shorthand(args: list[str]) -> list[str]:
+    """`cirkit eval BENCH ...` means `cirkit eval run BENCH ...`."""
+    i = 0
+    while i < len(args) and args[i].startswith("-"):  # global options before the command
+        i += 2 if args[i] == "--data-dir" else 1
+    if i + 1 < len(args) and args[i] == "eval" and args[i + 1] not in EVAL_SUBCOMMANDS:
+        return [*args[: i + 1], "run", *args[i + 1 :]]
+    return args
 
 
 def main() -> None:
@@ -50,10 +58,7 @@ def main() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     _quiet_libraries()
-    args = sys.argv[1:]
-    at = next((i for i, a in enumerate(args) if a == "eval"), None)
-    if at is not None and at + 1 < len(args) and args[at + 1] not in EVAL_SUBCOMMANDS:
-        args.insert(at + 1, "run")  # `cirkit eval BENCH ...` is `cirkit eval run BENCH ...`
+    args = _eval_shorthand(sys.argv[1:])
     try:
         code = app(args, standalone_mode=False)
         if code == 130:  # typer turns Ctrl-C into an exit code when not standalone
