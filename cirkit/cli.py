@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from cirkit.commands.catalog import pipelines_app, prompts_app
 from cirkit.commands.common import DataDir
+from cirkit.commands.demo import demo
 from cirkit.commands.eval import SUBCOMMANDS as EVAL_SUBCOMMANDS
 from cirkit.commands.eval import eval_app
 from cirkit.commands.index import index
@@ -28,6 +29,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+app.command()(demo)
 app.command()(index)
 app.command()(query)
 app.command()(report)
