@@ -21,6 +21,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
+from cirkit.console import progress_bar
 from cirkit.errors import CirkitError, one_line
 
 MARKER = ".cirkit-demo"
@@ -73,7 +74,7 @@ def run_demo(
     from cirkit.toy.world import Scene
 
     out.print(f"\n[bold]1. Toy world[/bold]: {len(toy.gallery_names())} images and {toy.NUM_QUERIES} composed queries, in CIRR's layout")
-    with _progress(progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task("drawing", total=len(toy.gallery_names()))
         toy.write_benchmark(directory, on_image=lambda: bar.advance(task), prune=True)
     out.print(f"   {escape(str(toy.captions_path(directory)))}\n   {escape(str(toy.images_root(directory) / toy.FOLDER))}/")
@@ -88,7 +89,7 @@ def run_demo(
     clip = models.get(pipeline.clip_model())
     index_dir = directory / INDEX
     _reset_index_if_stale(index_dir, clip.identity)
-    out.print(f"\n[bold]2. Gallery index[/bold]: the toy CLIP's vectors of the gallery images")
+    out.print("\n[bold]2. Gallery index[/bold]: the toy CLIP's vectors of the gallery images")
     names = toy.gallery_names()
     gallery_files = sorted(f"cirr/img_raw/{toy.FOLDER}/{name}.png" for name in names.values())
     report = build_index(directory, index_dir, clip, files=gallery_files, progress=progress)
@@ -217,19 +218,3 @@ def _print_query(out, number: int, run: dict[str, Any], text: str, target: str, 
     out.print(f"   [dim]run {run['id']}: cirkit {data_dir_flag}runs show {run['id']}[/dim]")
     return {**summary, "caption": caption, "description": description, "results": results,
             "target_rank": next((r["rank"] for r in results if r["name"] == target), None)}
-
-
-def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from cirkit.console import stderr
-
-    return Progress(
-        TextColumn("{task.description:>10}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=stderr,
-        disable=not enabled,
-        transient=False,
-    )

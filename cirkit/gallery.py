@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from cirkit.console import progress_bar
 from cirkit.errors import CirkitError, ImageError, one_line
 from cirkit.images import DEFAULT_MAX_PIXELS, image_sha256, iter_image_files, load_image
 
@@ -149,7 +150,7 @@ def build_index(
     files = [root / f for f in files] if files is not None else iter_image_files(root)
     known = {e["path"]: e for e in (previous or {}).get("entries", [])} if previous and previous["root"] == str(root) else {}
     entries: list[dict[str, Any]] = []
-    with _progress(progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task("hashing", total=len(files))
         for path in files:
             rel = path.relative_to(root).as_posix()
@@ -177,7 +178,7 @@ def build_index(
     if todo:
         shard_batches = max(1, SHARD_IMAGES // batch_size)
         pending: list[tuple[list[str], np.ndarray, list[tuple[str, str]]]] = []
-        with _progress(progress) as bar:
+        with progress_bar(progress) as bar:
             task = bar.add_task("embedding", total=len(todo))
             try:
                 for hashes, vectors, failures in _embed(list(todo.items()), clip, batch_size, workers, max_pixels):
@@ -360,19 +361,3 @@ def _atomic_write(path: Path, write) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from cirkit.console import stderr
-
-    return Progress(
-        TextColumn("{task.description:>10}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=stderr,
-        disable=not enabled,
-        transient=False,
-    )
