@@ -84,15 +84,18 @@ def query_many(
     progress: bool = False,
     raise_on_failure: bool = False,
     use_cache: bool = True,
+    store: RunStore | None = None,
 ) -> list[dict[str, Any]]:
     """Run many queries together: every step is called once per batch over all of them.
 
     Returns one stored run dict per query, in order; failed runs have status "failed" and an error.
+    `store` is an open run store to write to instead of the one in `data_dir` (the caller closes it).
     """
     swaps = {step: [refs] if isinstance(refs, str) else list(refs) for step, refs in (prompts or {}).items()}
     spec = load_pipeline(pipeline, swaps)
     gallery = GalleryIndex.open(index)
-    store = RunStore(data_dir)
+    own_store = store is None
+    store = RunStore(data_dir) if own_store else store
     try:
         run_ids = run_queries(
             spec, queries, index=gallery, store=store, models=models, k=k, progress=progress,
@@ -100,7 +103,8 @@ def query_many(
         )
         runs = [store.get(run_id).to_dict() for run_id in run_ids]
     finally:
-        store.close()
+        if own_store:
+            store.close()
     for run in runs:
         run["results"] = (run["results"] or [])[:k]
     return runs

@@ -20,6 +20,7 @@ from cirkit.commands.index import index
 from cirkit.commands.query import query
 from cirkit.commands.report import report
 from cirkit.commands.runs import runs_app
+from cirkit.commands.serve import serve
 from cirkit.console import stderr
 from cirkit.errors import CirkitError, one_line
 
@@ -33,6 +34,7 @@ app.command()(demo)
 app.command()(index)
 app.command()(query)
 app.command()(report)
+app.command()(serve)
 app.add_typer(pipelines_app, name="pipelines")
 app.add_typer(prompts_app, name="prompts")
 app.add_typer(runs_app, name="runs")

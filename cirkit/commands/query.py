@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from cirkit.client import PORT_ENV, SERVER_ENV, find_server, remote_query
 from cirkit.commands.common import compact, parse_prompt_swaps, print_results
 from cirkit.console import stdout
 from cirkit.errors import CirkitError
@@ -30,28 +31,72 @@ def query(
     k: Annotated[int, typer.Option("-k", min=1, help="How many results to show.")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON: results, run id, intermediates (one line per query with --queries).")] = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Run every step again, even where the cache has its output.")] = False,
+    local: Annotated[bool, typer.Option("--local", help="Run here, even when a `cirkit serve` is running.")] = False,
+    server: Annotated[
+        Optional[str],
+        typer.Option("--server", metavar="URL", help=f"Use the `cirkit serve` at this address (default: ${SERVER_ENV}, else http://127.0.0.1:${PORT_ENV} when one answers there)."),
+    ] = None,
 ) -> None:
-    """Find gallery images that show the reference image changed as the text says."""
-    from cirkit.api import load_queries, query_many
-    from cirkit.pipelines.runner import Query
+    """Find gallery images that show the reference image changed as the text says.
 
+    When a `cirkit serve` answers (at --server, $CIRKIT_SERVER, or 127.0.0.1:$CIRKIT_PORT), the query runs
+    there, with its models already loaded; the result and the stored run are the same.
+    """
     if queries is not None and (image is not None or text is not None):
         raise CirkitError("give either --queries FILE or --image and --text, not both")
     if queries is None and (image is None or text is None):
         raise CirkitError("give --image and --text (or --queries FILE)")
-    batch = load_queries(queries) if queries is not None else [Query(image, text)]
-    runs = query_many(
-        batch,
-        index,
-        pipeline=pipeline,
-        prompts=parse_prompt_swaps(prompt or []),
-        k=k,
-        data_dir=ctx.obj["data_dir"],
-        progress=not as_json,
-        raise_on_failure=queries is None,
-        use_cache=not no_cache,
-    )
-    if queries is None:
+    if local and server:
+        raise CirkitError("give either --local or --server, not both")
+    swaps = parse_prompt_swaps(prompt or [])
+    url = None if local else find_server(server)
+    if url is not None:
+        runs = _query_server(
+            url, ctx.obj["data_dir"], queries=queries, image=image, text=text, index=index, pipeline=pipeline,
+            prompts=swaps, k=k, use_cache=not no_cache, progress=not as_json,
+        )
+    else:
+        from cirkit.api import load_queries, query_many
+        from cirkit.pipelines.runner import Query
+
+        batch = load_queries(queries) if queries is not None else [Query(image, text)]
+        runs = query_many(
+            batch,
+            index,
+            pipeline=pipeline,
+            prompts=swaps,
+            k=k,
+            data_dir=ctx.obj["data_dir"],
+            progress=not as_json,
+            raise_on_failure=queries is None,
+            use_cache=not no_cache,
+        )
+    _print_runs(runs, single=queries is None, as_json=as_json)
+
+
+def _query_server(url: str, data_dir: Optional[Path], *, queries, image, text, index, pipeline, prompts, k, use_cache, progress) -> list:
+    """The same query through a running `cirkit serve`: every path as the user gave it (the server
+    works in this directory), the run store this command would have used."""
+    from contextlib import nullcontext
+
+    from cirkit.console import stderr
+    from cirkit.store import default_data_dir
+
+    store_dir = str(data_dir) if data_dir is not None else str(default_data_dir())
+    request = {
+        "data_dir": store_dir, "index": str(index), "pipeline": str(pipeline), "prompts": prompts, "k": k,
+        "use_cache": use_cache, "raise_on_failure": queries is None,
+    }
+    if queries is not None:
+        request["queries_file"] = str(queries)
+    else:
+        request["queries"] = [{"image": str(image), "text": text}]
+    with stderr.status(f"query: on the cirkit server at {url}", spinner="dots") if progress else nullcontext():
+        return remote_query(url, request, data_dir=store_dir)
+
+
+def _print_runs(runs: list, *, single: bool, as_json: bool) -> None:
+    if single:
         run = runs[0]
         if as_json:
             stdout.print_json(data=compact(run))
@@ -81,5 +126,3 @@ def query(
         stdout.print(table)
     if failed:
         raise CirkitError(f"{len(failed)} of {len(runs)} queries failed (see `cirkit runs show RUN_ID`): {failed[0]['error']}")
-
-

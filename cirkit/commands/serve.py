@@ -1,0 +1,26 @@
+"""`cirkit serve`: keep models loaded and answer `cirkit query` from other shells, warm."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from cirkit.client import DEFAULT_HOST, DEFAULT_PORT, PORT_ENV
+
+
+def serve(
+    pipeline: Annotated[
+        Optional[list[str]],
+        typer.Option("--pipeline", "-p", help="Pipeline whose models to load at start (repeat for several; default: cirevl). Others load on first use and stay."),
+    ] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (127.0.0.1: this machine only).")] = DEFAULT_HOST,
+    port: Annotated[
+        Optional[int], typer.Option("--port", min=0, max=65535, help=f"Port (default: ${PORT_ENV}, else {DEFAULT_PORT}; 0 picks a free one).")
+    ] = None,
+) -> None:
+    """Keep models loaded and answer queries: `cirkit query` uses a running server (warm, seconds) unless --local."""
+    from cirkit.pipelines import DEFAULT_PIPELINE
+    from cirkit.server import QueryServer
+
+    QueryServer(host, port).serve(pipeline or [DEFAULT_PIPELINE])
