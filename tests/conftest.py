@@ -14,7 +14,10 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import json
+import socket
+import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,9 +151,68 @@ def engine_calls_counter(monkeypatch):
     calls = []
     real = TransformersEngine.generate
 
-    def counting(self, requests, params, on_batch=None):
+    def counting(self, requests, params, on_batch=None, **options):
         calls.append((self.model_id, len(requests)))
-        return real(self, requests, params, on_batch)
+        return real(self, requests, params, on_batch, **options)
 
     monkeypatch.setattr(TransformersEngine, "generate", counting)
     return calls
+
+
+SERVE_START_LIMIT = 180.0  # seconds for `transformers serve` to answer /health
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def transformers_server(tmp_path_factory):
+    """`transformers serve` on 127.0.0.1 (a free port), CPU, offline; killed at the end of the session."""
+    from transformers.utils.import_utils import is_serve_available
+
+    if not is_serve_available():
+        pytest.skip("`transformers serve` needs transformers[serving] (pip install -e '.[dev]')")
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "NO_PROXY": "127.0.0.1,localhost"}
+    code = "import sys; from transformers.cli.transformers import main; sys.argv[0] = 'transformers'; main()"
+    cmd = [sys.executable, "-c", code, "serve", "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
+    cmd += ["--log-level", "warning"]
+    import httpx
+
+    start = time.monotonic()
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"transformers serve exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1.0).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() - start > SERVE_START_LIMIT:
+                pytest.fail(f"transformers serve not ready after {SERVE_START_LIMIT:g}s: {log_path.read_text()[-2000:]}")
+            time.sleep(0.2)
+        startup = time.monotonic() - start
+        print(f"\ntransformers serve ready in {startup:.1f}s", file=sys.stderr)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def tiny_judge(tiny_models, tmp_path_factory) -> Path:
+    """The tiny Qwen2-VL made to answer "yes" or "no" (see tiny_models.build_tiny_judge)."""
+    from tiny_models import build_tiny_judge
+
+    return build_tiny_judge(tiny_models.qwen2vl, tmp_path_factory.mktemp("models") / "judge")

@@ -10,10 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import random
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -28,18 +25,10 @@ from PIL import Image
 from cirkit.engines import GenerationParams, GenerationRequest, load_model
 from cirkit.errors import CirkitError
 from cirkit.pipelines.spec import ModelSpec
-
-SERVE_START_LIMIT = 180.0  # seconds for `transformers serve` to answer /health
-
+from conftest import free_port as _free_port
 
 def _user(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(autouse=True)
@@ -51,48 +40,6 @@ def _no_proxy_for_localhost(monkeypatch):
 # ---------------------------------------------------------------------------------------------------
 # A real `transformers serve` on the tiny models
 # ---------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def transformers_server(tmp_path_factory):
-    """`transformers serve` on 127.0.0.1 (a free port), CPU, offline; killed at the end of the session."""
-    from transformers.utils.import_utils import is_serve_available
-
-    if not is_serve_available():
-        pytest.skip("`transformers serve` needs transformers[serving] (pip install -e '.[dev]')")
-    port = _free_port()
-    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "NO_PROXY": "127.0.0.1,localhost"}
-    code = "import sys; from transformers.cli.transformers import main; sys.argv[0] = 'transformers'; main()"
-    cmd = [sys.executable, "-c", code, "serve", "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
-    cmd += ["--log-level", "warning"]
-    import httpx
-
-    start = time.monotonic()
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"transformers serve exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() - start > SERVE_START_LIMIT:
-                pytest.fail(f"transformers serve not ready after {SERVE_START_LIMIT:g}s: {log_path.read_text()[-2000:]}")
-            time.sleep(0.2)
-        startup = time.monotonic() - start
-        print(f"\ntransformers serve ready in {startup:.1f}s", file=sys.stderr)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
 
 
 def test_openai_engine_on_transformers_serve_matches_in_process(tiny_models, transformers_server):

@@ -23,6 +23,11 @@ def index(
     workers: Annotated[Optional[int], typer.Option(min=0, help="Image decoding processes (default: up to 4).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
     max_pixels: Annotated[Optional[int], typer.Option(min=1, help="Skip images with more pixels than this.")] = None,
+    index_type: Annotated[Optional[str], typer.Option(help="auto (flat below 1M images, else ivfpq), flat, hnsw or ivfpq (default: as the index was built, else auto).")] = None,
+    captions: Annotated[Optional[str], typer.Option(help="Also caption the gallery with this pipeline's caption step (for `gallery_captions` scoring).")] = None,
+    engine: Annotated[str, typer.Option(help="local, or ray: embed on a Ray cluster (pip install 'cirkit[ray]').")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster: auto, ray://HEAD:10001 or HEAD:6379 (default: a local Ray instance).")] = None,
+    ray_actors: Annotated[Optional[int], typer.Option(min=1, help="Ray actors holding the model (default: one per GPU, else one per CPU).")] = None,
 ) -> None:
     """Embed a folder of images with CLIP into a FAISS index (resumable; updates add and drop images)."""
     from cirkit.api import index_folder
@@ -41,13 +46,29 @@ def index(
         workers=workers,
         max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
         progress=True,
+        index_type=index_type,
+        engine=engine,
+        ray_address=ray_address,
+        ray_actors=ray_actors,
     )
     stdout.print(
         f"indexed {report.count} images into {report.directory} "
         f"({report.embedded} embedded, {report.reused} reused, {report.removed} removed, {len(report.skipped)} skipped)"
     )
+    from cirkit.ann import describe
+
+    stdout.print(f"index: {describe(report.index)}{'' if report.index_built else ' (unchanged, kept)'}")
     if report.skipped:
         table = Table("skipped file", "reason", title="Skipped images (also listed in manifest.json)")
         for item in report.skipped:
             table.add_row(escape(item["path"]), escape(item["reason"]))
         stderr.print(table)
+    if captions:
+        from cirkit.engines import ModelPool
+        from cirkit.gallery_captions import caption_gallery
+        from cirkit.pipelines import load_pipeline
+
+        done = caption_gallery(out, load_pipeline(captions), ModelPool(), progress=True)
+        stdout.print(f"captioned {done.captioned} gallery images ({done.reused} reused, {len(done.failed)} failed)")
+        for item in done.failed:
+            stderr.print(f"[yellow]not captioned[/yellow] {escape(item['path'])}: {escape(item['reason'])}")

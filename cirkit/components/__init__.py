@@ -2,13 +2,17 @@
 
 from cirkit.components.base import Component, ItemResult
 from cirkit.components.caption import Caption
-from cirkit.components.embed import Embed
+from cirkit.components.embed import Embed, EmbedImage
+from cirkit.components.fuse import Fuse, Pdv
+from cirkit.components.rerank import Rerank
 from cirkit.components.rewrite import Rewrite
 from cirkit.components.search import Search
 
 # The values a query brings: the reference image (loaded, RGB) and the modification text.
 QUERY_INPUTS = ("image", "modification")
 
-COMPONENTS: dict[str, type[Component]] = {c.kind: c for c in (Caption, Rewrite, Embed, Search)}
+COMPONENTS: dict[str, type[Component]] = {
+    c.kind: c for c in (Caption, Rewrite, Embed, EmbedImage, Fuse, Pdv, Search, Rerank)
+}
 
 __all__ = ["COMPONENTS", "QUERY_INPUTS", "Component", "ItemResult"]

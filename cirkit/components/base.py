@@ -34,8 +34,11 @@ class ItemResult:
 class Component:
     kind: ClassVar[str]
     description: ClassVar[str] = ""
-    # input name -> the value it reads by default (a query input or an earlier step's output)
-    inputs: ClassVar[dict[str, str]] = {}
+    # input name -> the value it reads by default (a query input or an earlier step's output);
+    # None: no default, the pipeline file wires it (`inputs: {name: STEP.OUTPUT}`)
+    inputs: ClassVar[dict[str, str | None]] = {}
+    # inputs that may stay unwired; the component then gets None for them
+    optional_inputs: ClassVar[tuple[str, ...]] = ()
     outputs: ClassVar[tuple[str, ...]] = ()
     # model types the step's model may have; empty when the component uses no model
     model_types: ClassVar[tuple[str, ...]] = ()
@@ -58,6 +61,10 @@ class Component:
         raise NotImplementedError
 
     @classmethod
+    def check(cls, params: BaseModel, wiring: dict[str, str | None]) -> None:
+        """Raise ValueError when the params need an input the file left unwired."""
+
+    @classmethod
     def given_outputs(cls, value: str | list[str]) -> dict[str, Any]:
         """The outputs for a text (or texts) given by hand or from a file instead of a model."""
         text = value if isinstance(value, str) else value[0]
@@ -70,9 +77,9 @@ def clean_text(text: str) -> str:
     return " ".join(kept.split())
 
 
-def generate_keeping_answers(model: Any, requests: list, params: Any) -> tuple[list, str | None]:
+def generate_keeping_answers(model: Any, requests: list, params: Any, **options: Any) -> tuple[list, str | None]:
     """The model's generations per request, and why some are None when a batch failed part-way."""
     try:
-        return model.generate(requests, params), None
+        return model.generate(requests, params, **options), None
     except PartialGenerationError as exc:
         return exc.results, str(exc)

@@ -1,9 +1,10 @@
-"""embed: CLIP text vectors (L2-normalized) of one text or of an ensemble of texts."""
+"""embed: CLIP text vectors (L2-normalized) of one text or an ensemble of texts; embed_image: of the reference image."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from cirkit.components.base import Component, ItemResult
@@ -37,3 +38,21 @@ class Embed(Component):
             results.append(result)
             start = end
         return results
+
+
+class EmbedImage(Component):
+    kind = "embed_image"
+    description = "Embed the reference image with CLIP (L2-normalized), for fusion with the text."
+    inputs = {"image": "image"}
+    outputs = ("image_vectors",)
+    model_types = ("clip",)
+    Params = EmbedParams
+
+    def run(self, items: list[dict[str, Any]]) -> list[ItemResult]:
+        import torch
+
+        vectors = []
+        for start in range(0, len(items), self.params.batch_size):
+            pixels = torch.stack([self.model.preprocess(item["image"]) for item in items[start : start + self.params.batch_size]])
+            vectors.append(self.model.encode_images(pixels))
+        return [ItemResult(outputs={"image_vectors": v[None]}) for v in np.concatenate(vectors)]

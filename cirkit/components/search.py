@@ -5,6 +5,12 @@ An ensemble of query vectors is fused here, as the pipeline file says:
   weighted  weighted mean; `weights` holds one weight per vector, or one per template
             (then each weight covers that template's consecutive samples)
   rrf       reciprocal-rank fusion of the per-vector result lists: sum of 1 / (rrf_k + rank)
+
+Two optional re-scorings of the top `rescore_depth` candidates, from the index's stored vectors:
+  gallery_captions: w   s = (1 - w) * cos(q, image) + w * cos(q, caption of the image), with the
+                        captions computed at index time (`cirkit index ... --captions PIPELINE`)
+  increment (SEIZE)     with r the reference caption's vector (input `reference_vectors`) and
+                        d = s(q) - s(r): score = s(q) + positive * max(d, 0) - negative * max(-d, 0)
 """
 
 from __future__ import annotations
@@ -17,6 +23,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from cirkit.components.base import Component, ItemResult
 
 
+class IncrementParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    positive: float = Field(1.0, ge=0.0, le=10.0)
+    negative: float = Field(1.0, ge=0.0, le=10.0)
+
+
 class SearchParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     k: int = Field(50, ge=1, le=100_000)
@@ -25,9 +37,19 @@ class SearchParams(BaseModel):
     rrf_k: float = Field(60.0, ge=0)
     # rrf: how deep each per-vector list is searched before fusing
     rrf_depth: int = Field(1000, ge=1, le=100_000)
+    gallery_captions: float = Field(0.0, ge=0.0, le=1.0)
+    increment: IncrementParams | None = None
+    # how many top candidates the re-scorings above score exactly
+    rescore_depth: int = Field(1000, ge=1, le=1_000_000)
+
+    @property
+    def rescores(self) -> bool:
+        return self.gallery_captions > 0 or self.increment is not None
 
     @model_validator(mode="after")
     def _weights(self) -> "SearchParams":
+        if self.fusion == "rrf" and self.rescores:
+            raise ValueError("fusion 'rrf' ranks, it has no scores to re-score: use 'mean' or 'weighted' with gallery_captions or increment")
         if self.fusion == "weighted":
             if not self.weights:
                 raise ValueError("fusion 'weighted' needs 'weights'")
@@ -41,10 +63,19 @@ class SearchParams(BaseModel):
 class Search(Component):
     kind = "search"
     description = "Rank the gallery by cosine similarity; fuse an ensemble of query vectors."
-    inputs = {"query_vectors": "query_vectors"}
+    inputs = {"query_vectors": "query_vectors", "reference_vectors": None}
+    optional_inputs = ("reference_vectors",)
     outputs = ("results",)
     Params = SearchParams
     cacheable = False  # cheap, and it depends on the gallery index
+
+    @classmethod
+    def check(cls, params: SearchParams, wiring: dict[str, str | None]) -> None:
+        if params.increment is not None and wiring.get("reference_vectors") is None:
+            raise ValueError(
+                "field 'params.increment' scores against the reference caption: wire its vectors, "
+                "e.g. inputs: {reference_vectors: embed_caption.query_vectors}"
+            )
 
     def run(self, items: list[dict[str, Any]]) -> list[ItemResult]:
         results: list[ItemResult | None] = [None] * len(items)
@@ -60,10 +91,49 @@ class Search(Component):
                 fused_at.append(i)
             except ValueError as exc:
                 results[i] = ItemResult(error=str(exc))
-        if fused:
+        if fused and not self.params.rescores:
             for i, ranked in zip(fused_at, self.index.search(np.stack(fused), self.params.k)):
                 results[i] = ItemResult(outputs={"results": ranked})
+        elif fused:
+            candidates = self.index.search(np.stack(fused), max(self.params.k, self.params.rescore_depth))
+            for i, query, ranked in zip(fused_at, fused, candidates):
+                results[i] = self._rescore(query, items[i].get("reference_vectors"), ranked)
         return results  # type: ignore[return-value]
+
+    def _rescore(self, query: np.ndarray, reference: Any, ranked: list[dict[str, Any]]) -> ItemResult:
+        """The candidates scored again: image and gallery-caption similarity, and the editing increment."""
+        from cirkit.gallery_captions import GalleryCaptions
+
+        if not hasattr(self, "_rows"):
+            self._rows = {path: row for row, path in enumerate(self.index.paths)}
+        rows = np.array([self._rows[hit["path"]] for hit in ranked], dtype=np.int64)
+        images = np.asarray(self.index.vectors[np.sort(rows)], dtype=np.float32)[np.argsort(np.argsort(rows))]
+        w = self.params.gallery_captions
+        captions = GalleryCaptions.of(self.index).vectors[rows] if w > 0 else None
+
+        def score(vector: np.ndarray) -> np.ndarray:
+            s = images @ vector
+            return (1 - w) * s + w * (captions @ vector) if captions is not None else s
+
+        scores = score(query)
+        parts: dict[str, np.ndarray] = {"image": images @ query}
+        if captions is not None:
+            parts["caption"] = captions @ query
+        notes = [f"re-scored the top {len(ranked)} candidates" + (f", gallery-caption weight {w}" if w > 0 else "")]
+        if self.params.increment is not None:
+            from cirkit.components.fuse import mean_vector
+
+            delta = scores - score(mean_vector(reference))
+            inc = self.params.increment
+            parts["increment"] = delta
+            scores = scores + inc.positive * np.maximum(delta, 0) - inc.negative * np.maximum(-delta, 0)
+            notes.append(f"editing increment: positive {inc.positive}, negative {inc.negative}")
+        order = np.argsort(-scores, kind="stable")[: self.params.k]
+        hits = [
+            {**ranked[j], "rank": r + 1, "score": float(scores[j]), "scores": {name: float(v[j]) for name, v in parts.items()}}
+            for r, j in enumerate(order)
+        ]
+        return ItemResult(outputs={"results": hits}, notes=notes)
 
 
 def fuse_vectors(vectors: np.ndarray, weights: list[float] | None = None) -> np.ndarray:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
@@ -38,12 +38,35 @@ class GenerationParams(BaseModel):
 class GenerationRequest:
     messages: list[dict[str, str]]  # [{"role": "system"|"user"|"assistant", "content": str}]
     image: Image.Image | None = None
+    more_images: list[Image.Image] = field(default_factory=list)  # shown after `image`, for VLMs that take several
+
+    @property
+    def images(self) -> list[Image.Image]:
+        return ([self.image] if self.image is not None else []) + list(self.more_images)
 
 
 @dataclass
 class Generation:
     text: str
     finish_reason: str  # "stop": the model ended it; "length": cut at max_new_tokens
+    # log-probability of each asked-for word as the answer's first token; None where the engine gives none
+    logprobs: dict[str, float] | None = None
+
+
+def with_image_parts(messages: list[dict[str, str]], parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """OpenAI-style messages with the image content parts before the text of the first user message
+    (or in a user message of their own when there is none)."""
+    out: list[dict[str, Any]] = []
+    placed = not parts
+    for m in messages:
+        if not placed and m["role"] == "user":
+            out.append({"role": "user", "content": [*parts, {"type": "text", "text": m["content"]}]})
+            placed = True
+        else:
+            out.append({"role": m["role"], "content": m["content"]})
+    if not placed:
+        out.append({"role": "user", "content": list(parts)})
+    return out
 
 
 class Engine(ABC):
@@ -55,8 +78,13 @@ class Engine(ABC):
         requests: list[GenerationRequest],
         params: GenerationParams,
         on_batch: Callable[[int], None] | None = None,
+        logprobs_of: Sequence[str] = (),
     ) -> list[list[Generation]]:
-        """`params.n` generations per request, in request order; `on_batch(k)` after each batch of k requests."""
+        """`params.n` generations per request, in request order; `on_batch(k)` after each batch of k requests.
+
+        `logprobs_of` (e.g. ("yes", "no")): fill each Generation's `logprobs` with the log-probability
+        of each word as the first answer token, where the engine can.
+        """
 
     @abstractmethod
     def describe(self) -> dict[str, Any]:

@@ -31,11 +31,11 @@ from __future__ import annotations
 import importlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from cirkit.engines.base import Engine, Generation, GenerationParams, GenerationRequest
-from cirkit.engines.openai_engine import finish_reason, image_data_uri
+from cirkit.engines.openai_engine import finish_reason, openai_messages
 from cirkit.errors import PartialGenerationError
 from cirkit.errors import CirkitError, one_line
 
@@ -102,6 +102,7 @@ class LangChainEngine(Engine):
         requests: list[GenerationRequest],
         params: GenerationParams,
         on_batch: Callable[[int], None] | None = None,
+        logprobs_of: Sequence[str] = (),  # not asked for: chat models report log-probabilities in provider-specific ways
     ) -> list[list[Generation]]:
         if params.num_beams > 1:
             raise CirkitError(
@@ -156,20 +157,11 @@ class LangChainEngine(Engine):
 
         kinds = {"system": SystemMessage, "user": HumanMessage, "human": HumanMessage, "assistant": AIMessage, "ai": AIMessage}
         out = []
-        placed = request.image is None
-        for m in request.messages:
+        for m in openai_messages(request):
             kind = kinds.get(m["role"])
             if kind is None:
                 raise CirkitError(f"langchain engine: unknown message role '{m['role']}'")
-            if not placed and kind is HumanMessage:
-                url = image_data_uri(request.image)
-                content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": m["content"]}]
-                out.append(HumanMessage(content=content))
-                placed = True
-            else:
-                out.append(kind(content=m["content"]))
-        if not placed:
-            out.append(HumanMessage(content=[{"type": "image_url", "image_url": {"url": image_data_uri(request.image)}}]))
+            out.append(kind(content=m["content"]))
         return out
 
 

@@ -50,14 +50,16 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
-from cirkit.engines.base import Engine, Generation, GenerationParams, GenerationRequest
+from cirkit.engines.base import Engine, Generation, GenerationParams, GenerationRequest, with_image_parts
 from cirkit.errors import CirkitError, PartialGenerationError, one_line
 
 RETRY_STATUS = {408, 409, 425, 429}  # plus every 5xx
+TOP_LOGPROBS = 20  # the most alternatives the chat-completions API returns per token
 MAX_RETRY_AFTER = 300.0  # seconds: a longer Retry-After is cut to this
 _OPTIONS = {"extra_body", "headers", "image_format", "jpeg_quality", "max_tokens_field", "backoff", "max_backoff"}
 
@@ -78,20 +80,27 @@ def image_data_uri(image, fmt: str = "png", quality: int = 95) -> str:
     return f"data:{mime};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
 
 
-def openai_messages(request: GenerationRequest, image_url: str | None) -> list[dict[str, Any]]:
-    """Chat-completions messages; the image goes before the text of the first user message."""
-    out: list[dict[str, Any]] = []
-    placed = image_url is None
-    for m in request.messages:
-        if not placed and m["role"] == "user":
-            content = [{"type": "image_url", "image_url": {"url": image_url}}, {"type": "text", "text": m["content"]}]
-            out.append({"role": "user", "content": content})
-            placed = True
-        else:
-            out.append({"role": m["role"], "content": m["content"]})
-    if not placed:  # no user message: the image gets one of its own
-        out.append({"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_url}}]})
-    return out
+def openai_messages(request: GenerationRequest, fmt: str = "png", quality: int = 95) -> list[dict[str, Any]]:
+    """Chat-completions messages; the images go before the text of the first user message."""
+    parts = [{"type": "image_url", "image_url": {"url": image_data_uri(image, fmt, quality)}} for image in request.images]
+    return with_image_parts(request.messages, parts)
+
+
+def first_token_logprobs(logprobs: Any, words: Sequence[str]) -> dict[str, float] | None:
+    """Each word's log-probability as the first answer token, from a choice's `logprobs` (its top
+    alternatives, spacing and case variants summed); None when the server sent none. A word not
+    among the top alternatives is left out."""
+    try:
+        top = logprobs["content"][0]["top_logprobs"]
+        found: dict[str, list[float]] = {}
+        for alt in top:
+            token = str(alt["token"]).strip().lower()
+            for word in words:
+                if token == word.lower():
+                    found.setdefault(word, []).append(float(alt["logprob"]))
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+    return {word: math.log(sum(math.exp(v) for v in values)) for word, values in found.items()}
 
 
 def finish_reason(value: Any) -> str:
@@ -134,6 +143,7 @@ class OpenAIEngine(Engine):
         self.max_retries = int(spec.max_retries)
         self.served_model: str | None = None  # the model id the server reports in its answers
         self._n_native: bool | None = None  # does the server honour `n`? None: not known yet
+        self._logprobs_of: tuple[str, ...] = ()
         self._client = None
         self._client_lock = threading.Lock()
 
@@ -161,6 +171,7 @@ class OpenAIEngine(Engine):
         requests: list[GenerationRequest],
         params: GenerationParams,
         on_batch: Callable[[int], None] | None = None,
+        logprobs_of: Sequence[str] = (),
     ) -> list[list[Generation]]:
         """`params.n` generations per request, in request order; `on_batch(1)` as each request is answered.
 
@@ -173,7 +184,8 @@ class OpenAIEngine(Engine):
             )
         if not requests:
             return []
-        bodies = [self._body(r, params) for r in requests]
+        self._logprobs_of = tuple(logprobs_of)
+        bodies = [self._body(r, params, logprobs_of) for r in requests]
         results: list[list[Generation] | None] = [None] * len(requests)
         first = 0
         if params.n > 1 and self._n_native is None:
@@ -187,18 +199,17 @@ class OpenAIEngine(Engine):
 
     # ----- requests -----
 
-    def _body(self, request: GenerationRequest, params: GenerationParams) -> dict[str, Any]:
-        image_url = None
-        if request.image is not None:
-            image_url = image_data_uri(request.image, self.image_format, self.jpeg_quality)
+    def _body(self, request: GenerationRequest, params: GenerationParams, logprobs_of: Sequence[str]) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": openai_messages(request, image_url),
+            "messages": openai_messages(request, self.image_format, self.jpeg_quality),
             "temperature": params.temperature,
             "top_p": params.top_p,
             self.max_tokens_field: params.max_new_tokens,
             "seed": params.seed,
         }
+        if logprobs_of:
+            body.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
         body.update(self.extra_body)
         return body
 
@@ -335,7 +346,13 @@ class OpenAIEngine(Engine):
                     content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
                 if not isinstance(content, str):
                     raise TypeError("content is not text")
-                generations.append(Generation(text=content.strip(), finish_reason=finish_reason(choice.get("finish_reason"))))
+                generations.append(
+                    Generation(
+                        text=content.strip(),
+                        finish_reason=finish_reason(choice.get("finish_reason")),
+                        logprobs=first_token_logprobs(choice.get("logprobs"), self._logprobs_of),
+                    )
+                )
         except (KeyError, TypeError, AttributeError, IndexError):
             raise CirkitError(
                 f"the server at {self.base_url} answered garbage (not a chat completion): {one_line(text[:120])}"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from cirkit.engines.base import Engine, Generation, GenerationParams, GenerationRequest
@@ -59,6 +59,7 @@ class TransformersEngine(Engine):
         if self.model.generation_config.pad_token_id is None:
             self.model.generation_config.pad_token_id = self.tokenizer.pad_token_id
         self.chat = bool(getattr(self.processor or self.tokenizer, "chat_template", None))
+        self.max_images_per_prompt = 1 if vision and not self.chat else None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -74,6 +75,7 @@ class TransformersEngine(Engine):
         requests: list[GenerationRequest],
         params: GenerationParams,
         on_batch: Callable[[int], None] | None = None,
+        logprobs_of: Sequence[str] = (),
     ) -> list[list[Generation]]:
         import torch
 
@@ -83,7 +85,7 @@ class TransformersEngine(Engine):
         order = sorted(range(len(requests)), key=lambda i: sum(len(m["content"]) for m in requests[i].messages))
         for start in range(0, len(order), params.batch_size):
             chunk = order[start : start + params.batch_size]
-            outputs = self._generate_batch([requests[i] for i in chunk], params)
+            outputs = self._generate_batch([requests[i] for i in chunk], params, logprobs_of)
             for i, out in zip(chunk, outputs):
                 results[i] = out
             if on_batch:
@@ -95,7 +97,7 @@ class TransformersEngine(Engine):
             if any(r.image is None for r in requests):
                 raise CirkitError(f"model '{self.model_id}' is a VLM: every request needs an image")
             if self.chat:
-                conversations = [_with_image(r.messages, r.image) for r in requests]
+                conversations = [_with_images(r.messages, r.images) for r in requests]
                 return self.processor.apply_chat_template(
                     conversations,
                     add_generation_prompt=True,
@@ -104,6 +106,8 @@ class TransformersEngine(Engine):
                     return_tensors="pt",
                     processor_kwargs={"padding": True, "padding_side": "left"},
                 )
+            if any(r.more_images for r in requests):
+                raise CirkitError(f"model '{self.model_id}' has no chat template and takes one image per prompt, not several")
             texts = [_plain_text(r.messages) for r in requests]
             return self.processor(
                 images=[r.image for r in requests], text=texts, return_tensors="pt", padding=True, padding_side="left"
@@ -119,7 +123,9 @@ class TransformersEngine(Engine):
             )
         return self.tokenizer([_plain_text(r.messages) for r in requests], return_tensors="pt", padding=True)
 
-    def _generate_batch(self, requests: list[GenerationRequest], params: GenerationParams) -> list[list[Generation]]:
+    def _generate_batch(
+        self, requests: list[GenerationRequest], params: GenerationParams, logprobs_of: Sequence[str] = ()
+    ) -> list[list[Generation]]:
         import torch
 
         inputs = self._encode(requests).to(self.device)
@@ -134,15 +140,21 @@ class TransformersEngine(Engine):
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if logprobs_of:
+            kwargs.update(output_logits=True, return_dict_in_generate=True)
         with torch.inference_mode():
             out = self.model.generate(**inputs, **kwargs)
+        first_logprobs = None
+        if logprobs_of:
+            first_logprobs = torch.log_softmax(out.logits[0].float(), dim=-1)
+            out = out.sequences
         prompt_ids = inputs["input_ids"].repeat_interleave(params.n, dim=0)
         # Decoder-only models return prompt + answer; encoder-decoder ones the answer alone.
         if out.shape[1] >= prompt_ids.shape[1] and torch.equal(out[:, : prompt_ids.shape[1]], prompt_ids):
             out = out[:, prompt_ids.shape[1] :]
         eos_ids = _eos_ids(self.model, self.tokenizer)
         generations = []
-        for row in out.tolist():
+        for r, row in enumerate(out.tolist()):
             end = next((i for i, t in enumerate(row) if t in eos_ids), None)
             if end is not None:
                 tokens, reason = row[:end], "stop"
@@ -150,21 +162,38 @@ class TransformersEngine(Engine):
                 tokens = [t for t in row if t != self.tokenizer.pad_token_id]
                 reason = "length" if len(row) >= params.max_new_tokens else "stop"
             text = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
-            generations.append(Generation(text=text, finish_reason=reason))
+            logprobs = None
+            if first_logprobs is not None:
+                logprobs = {
+                    word: float(torch.logsumexp(first_logprobs[r, self._first_tokens(word)], dim=0)) for word in logprobs_of
+                }
+            generations.append(Generation(text=text, finish_reason=reason, logprobs=logprobs))
         return [generations[i : i + params.n] for i in range(0, len(generations), params.n)]
+
+    def _first_tokens(self, word: str) -> list[int]:
+        """The token ids an answer starting with `word` may begin with (spacing and case variants),
+        leaving out a first token that is only a space."""
+        ids = set()
+        for variant in (word, word.capitalize(), word.upper()):
+            for text in (variant, " " + variant):
+                tokens = self.tokenizer.encode(text, add_special_tokens=False)
+                if tokens and self.tokenizer.decode(tokens[:1]).strip():
+                    ids.add(tokens[0])
+        return sorted(ids)
 
 
 def _plain_text(messages: list[dict[str, str]]) -> str:
     return "\n".join(m["content"] for m in messages)
 
 
-def _with_image(messages: list[dict[str, str]], image) -> list[dict[str, Any]]:
-    """The conversation with the image placed before the text of the first user message."""
+def _with_images(messages: list[dict[str, str]], images: list) -> list[dict[str, Any]]:
+    """The conversation with the images placed before the text of the first user message."""
     out: list[dict[str, Any]] = []
     placed = False
     for m in messages:
         if m["role"] == "user" and not placed:
-            out.append({"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": m["content"]}]})
+            parts = [{"type": "image", "image": image} for image in images]
+            out.append({"role": "user", "content": [*parts, {"type": "text", "text": m["content"]}]})
             placed = True
         else:
             out.append({"role": m["role"], "content": [{"type": "text", "text": m["content"]}]})

@@ -19,10 +19,11 @@ for beam search, or num_beams: 1).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from cirkit.engines.base import Engine, Generation, GenerationParams, GenerationRequest
+from cirkit.engines.base import Engine, Generation, GenerationParams, GenerationRequest, with_image_parts
+from cirkit.engines.openai_engine import TOP_LOGPROBS, first_token_logprobs
 from cirkit.errors import CirkitError, one_line
 
 CHUNK = 256  # requests per llm.chat call: big enough to keep the GPU busy, small enough for progress
@@ -60,6 +61,7 @@ class VllmEngine(Engine):
         requests: list[GenerationRequest],
         params: GenerationParams,
         on_batch: Callable[[int], None] | None = None,
+        logprobs_of: Sequence[str] = (),
     ) -> list[list[Generation]]:
         if params.num_beams > 1:
             raise CirkitError(
@@ -73,6 +75,7 @@ class VllmEngine(Engine):
             top_p=1.0 if greedy else params.top_p,
             max_tokens=params.max_new_tokens,
             seed=params.seed,
+            logprobs=TOP_LOGPROBS if logprobs_of else None,
         )
         results: list[list[Generation]] = []
         size = max(CHUNK, params.batch_size)
@@ -85,7 +88,11 @@ class VllmEngine(Engine):
             for out in outputs:
                 results.append(
                     [
-                        Generation(text=c.text.strip(), finish_reason="length" if c.finish_reason == "length" else "stop")
+                        Generation(
+                            text=c.text.strip(),
+                            finish_reason="length" if c.finish_reason == "length" else "stop",
+                            logprobs=_first_token_logprobs(c, logprobs_of) if logprobs_of else None,
+                        )
                         for c in sorted(out.outputs, key=lambda c: c.index)
                     ]
                 )
@@ -95,16 +102,13 @@ class VllmEngine(Engine):
 
 
 def conversation(request: GenerationRequest) -> list[dict[str, Any]]:
-    """OpenAI-style messages for `LLM.chat`; the PIL image goes before the text of the first user message."""
-    out: list[dict[str, Any]] = []
-    placed = request.image is None
-    for m in request.messages:
-        if not placed and m["role"] == "user":
-            content = [{"type": "image_pil", "image_pil": request.image}, {"type": "text", "text": m["content"]}]
-            out.append({"role": "user", "content": content})
-            placed = True
-        else:
-            out.append({"role": m["role"], "content": m["content"]})
-    if not placed:
-        out.append({"role": "user", "content": [{"type": "image_pil", "image_pil": request.image}]})
-    return out
+    """OpenAI-style messages for `LLM.chat`; the PIL images go before the text of the first user message."""
+    return with_image_parts(request.messages, [{"type": "image_pil", "image_pil": image} for image in request.images])
+
+
+def _first_token_logprobs(completion: Any, words: Sequence[str]) -> dict[str, float] | None:
+    """Each word's log-probability as the first token, from vLLM's top alternatives of that token."""
+    if not completion.logprobs:
+        return None
+    top = [{"token": alt.decoded_token or "", "logprob": alt.logprob} for alt in completion.logprobs[0].values()]
+    return first_token_logprobs({"content": [{"top_logprobs": top}]}, words)

@@ -103,7 +103,7 @@ def run_queries(
         if step.given:
             live = _take_given(step, position, todo, live, contexts, run_ids, store, failures)
             continue
-        items = {i: {name: contexts[i][source] for name, source in step.inputs.items()} for i in todo}
+        items = {i: {name: contexts[i][source] if source else None for name, source in step.inputs.items()} for i in todo}
         keys = {i: _cache_key(pipeline, step, params, items[i]) for i in todo} if step.component.cacheable else {}
         cached = {i: hit for i in todo if use_cache and keys and (hit := store.cache_get(keys[i])) is not None}
         misses = [i for i in todo if i not in cached]

@@ -289,11 +289,22 @@ def validate_pipeline(
             )
         wiring = {name: spec_step.inputs.get(name, default) for name, default in component.inputs.items()}
         for name, value_name in wiring.items():
+            if value_name is None:
+                if name in component.optional_inputs:
+                    continue
+                raise CirkitError(
+                    f"{where}: field 'inputs.{name}': a {spec_step.kind} step needs its input '{name}' wired, "
+                    f"e.g. inputs: {{{name}: STEP.OUTPUT}} (available: {', '.join(sorted(available))})"
+                )
             if value_name not in available:
                 raise CirkitError(
                     f"{where}: field 'inputs.{name}': no earlier step produces '{value_name}' "
                     f"(available: {', '.join(sorted(available))})"
                 )
+        try:
+            component.check(params, wiring)
+        except ValueError as exc:
+            raise CirkitError(f"{where}: {exc}") from None
         for out in component.outputs:
             available |= {out, f"{spec_step.name}.{out}"}
         steps.append(Step(spec_step, params, prompts, wiring, given))
