@@ -78,14 +78,18 @@ def _run(run: RunRecord, k: int, thumb: int) -> str:
     parts.extend(_step(step) for step in run.steps)
     if run.results:
         root = Path(run.results[0]["file"]).parent
+        verdicts = {v["path"]: v for step in run.steps for v in step.outputs.get("verdicts") or [] if v}
         parts.append(f"<h3>top {min(k, len(run.results))} results</h3><div class='results'>")
         for hit in run.results[:k]:
             is_target = hit["path"] in targets
             badge = " <span class='badge'>target</span>" if is_target else ""
+            judged = verdicts.get(hit["path"])
+            verifier = f" data-verifier='{judged['verifier']}'" if judged and judged.get("verifier") is not None else ""
+            judge = f"<br>judge: {escape(str(judged.get('answer')))} ({escape(judged.get('source', ''))})" if judged else ""
             parts.append(
-                f"<figure class='{'target' if is_target else 'hit'}' data-rank='{hit['rank']}'>"
+                f"<figure class='{'target' if is_target else 'hit'}' data-rank='{hit['rank']}'{verifier}>"
                 f"{_image(hit.get('file') or str(root / hit['path']), thumb, hit['path'])}"
-                f"<figcaption>#{hit['rank']} &middot; {hit['score']:.4f}{badge}<br>{escape(hit['path'])}</figcaption></figure>"
+                f"<figcaption>#{hit['rank']} &middot; {hit['score']:.4f}{badge}<br>{escape(hit['path'])}{judge}</figcaption></figure>"
             )
         parts.append("</div>")
         missing = targets - {hit["path"] for hit in run.results[:k]}
@@ -111,7 +115,7 @@ def _step(step: StepRecord) -> str:
             texts.append((label, text))
     for label, text in texts:
         parts.append(f"<div class='meta'>{escape(label)}</div><div class='text output'>{escape(str(text))}</div>")
-    if step.prompts and step.kind in ("caption", "rewrite"):
+    if step.prompts and step.kind in ("caption", "rewrite", "rerank"):
         rendered = "\n\n".join(_prompt_text(p) for p in step.prompts)
         raw = "\n\n".join(str(r) for r in step.raw)
         parts.append(
@@ -126,6 +130,8 @@ def _step(step: StepRecord) -> str:
 
 
 def _prompt_text(prompt: Any) -> str:
+    if isinstance(prompt, dict) and "messages" in prompt:
+        return f"(images: {', '.join(prompt.get('images', []))})\n" + _prompt_text(prompt["messages"])
     if isinstance(prompt, list):
         return "\n".join(f"[{m.get('role')}] {m.get('content')}" if isinstance(m, dict) else str(m) for m in prompt)
     return str(prompt)

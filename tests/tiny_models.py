@@ -502,3 +502,42 @@ def _rmtree(path: Path) -> None:
     import shutil
 
     shutil.rmtree(path, ignore_errors=True)
+
+
+def build_tiny_judge(qwen2vl_dir, out_dir) -> Path:
+    """The tiny Qwen2-VL made to answer only "yes" or "no", for the rerank tests.
+
+    "yes" and "no" become tokens of their own and the output layer keeps only their rows, opposite
+    (w, -w). w is orthogonal to the model's mean last hidden state over a few image pairs, so the
+    first answer token is "yes" for some pairs and "no" for others, and P(yes) varies.
+    """
+    import torch
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    out_dir = Path(out_dir)
+    processor = AutoProcessor.from_pretrained(qwen2vl_dir)
+    processor.tokenizer.add_tokens(["yes", "no"])
+    model = AutoModelForImageTextToText.from_pretrained(qwen2vl_dir).eval()
+    model.resize_token_embeddings(len(processor.tokenizer), mean_resizing=False)
+    yes, no = processor.tokenizer.convert_tokens_to_ids(["yes", "no"])
+    images = [Image.new("RGB", (40, 32), ((i * 37) % 256, (i * 91) % 256, (i * 53) % 256)) for i in range(16)]
+    conversations = [
+        [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Does the candidate match? Answer yes or no."}]}]
+        for _ in range(8)
+    ]
+    text = processor.apply_chat_template(conversations, add_generation_prompt=True)
+    inputs = processor(text=text, images=[[images[i], images[i + 8]] for i in range(8)], return_tensors="pt", padding=True, padding_side="left")
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        hidden = model(**inputs, output_hidden_states=True).hidden_states[-1][:, -1]
+        mean = hidden.mean(dim=0)
+        w = torch.randn(hidden.shape[1])
+        w -= (w @ mean) / (mean @ mean) * mean
+        w *= 3.0 / (hidden - mean).matmul(w).std().clamp_min(1e-6)
+        head = model.get_output_embeddings().weight
+        head.zero_()
+        head[yes], head[no] = w, -w
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return out_dir

@@ -86,6 +86,9 @@ def runs_show(
                 continue
             if key == "descriptions":
                 continue
+            if key == "verdicts":
+                lines.extend(escape(_verdict_line(v)) for v in value)
+                continue
             lines.append(f"[bold]{key}[/bold]: {escape(summarize(value))}")
         for note in step.notes:
             lines.append(f"[yellow]note: {escape(note)}[/yellow]")
@@ -99,9 +102,18 @@ def runs_show(
 
 
 def _render_prompt(prompt: Any) -> str:
+    if isinstance(prompt, dict) and "messages" in prompt:  # with images: rerank's (reference and) candidate
+        return f"(images: {', '.join(prompt.get('images', []))}) " + _render_prompt(prompt["messages"])
     if isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m for m in prompt):
         return "\n".join(f"[{m['role']}] {m['content']}" for m in prompt)
     return str(prompt)
+
+
+def _verdict_line(v: dict[str, Any]) -> str:
+    """One judged candidate: its answer, verifier score and where it came from, and its scores."""
+    judged = f"P(yes) {v['verifier']:.3f} ({v['source']})" if v.get("verifier") is not None else v.get("source", "")
+    scores = f", retrieval {v['retrieval_score']:.4f} -> {v['score']:.4f}" if "score" in v else ""
+    return f"#{v['rank']} {v['path']}: {v.get('answer')!r} {judged}{scores}"
 
 
 
