@@ -27,14 +27,21 @@ def index_folder(
     workers: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = False,
+    index_type: str | None = None,
+    index_params: dict[str, int] | None = None,
 ) -> BuildReport:
     """Embed every image under `images_dir` with CLIP and write a gallery index to `out`.
 
     The CLIP model is `clip` (+ `pretrained`) when given, else the one of `pipeline`
     (default: the built-in `cirevl` pipeline).
+    `index_type`: auto (flat below 1M images, else ivfpq), flat, hnsw or ivfpq; None keeps what `out`
+    was built with. `index_params` overrides the params chosen by size (see cirkit.ann).
     """
+    from cirkit.ann import INDEX_TYPES
     from cirkit.clip import ClipModel
 
+    if index_type is not None and index_type not in INDEX_TYPES:
+        raise CirkitError(f"unknown index type '{index_type}': choose one of {', '.join(INDEX_TYPES)}")
     dtype = "auto"
     if not clip:
         spec = load_pipeline(pipeline or DEFAULT_PIPELINE).clip_model()
@@ -42,7 +49,8 @@ def index_folder(
         device = spec.device if device == "auto" else device
     model = ClipModel(clip, pretrained, device=device, dtype=dtype)
     return build_index(
-        images_dir, out, model, batch_size=batch_size, workers=workers, max_pixels=max_pixels, progress=progress
+        images_dir, out, model, batch_size=batch_size, workers=workers, max_pixels=max_pixels, progress=progress,
+        index_type=index_type, index_params=index_params,
     )
 
 

@@ -3,7 +3,8 @@
 Layout of an index directory:
     manifest.json          model identity, root, entries (path, sha256), skipped files, file names below
     vectors-<digest>.npy   L2-normalized float32 vectors, row i = manifest entry i
-    index-<digest>.faiss   FAISS inner-product index over those vectors
+    index-<digest>[-<type>].faiss   FAISS inner-product index over those vectors (type and params in
+                           the manifest: flat, hnsw or ivfpq, see cirkit.ann)
     cache/                 embedded vectors by image content hash, written in shards as they come
 
 Building is resumable: after an interruption (Ctrl-C, kill -9) the same command embeds only what
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from cirkit import ann
 from cirkit.console import progress_bar
 from cirkit.errors import CirkitError, ImageError, one_line
 from cirkit.images import DEFAULT_MAX_PIXELS, image_sha256, iter_image_files, load_image
@@ -43,6 +45,8 @@ class BuildReport:
     reused: int = 0
     removed: int = 0
     skipped: list[dict[str, str]] = field(default_factory=list)
+    index: ann.IndexSpec = field(default_factory=lambda: ann.IndexSpec("flat"))
+    index_built: bool = True  # False when the FAISS index of the same vectors and spec was kept
 
 
 class GalleryIndex:
@@ -55,6 +59,7 @@ class GalleryIndex:
         self.faiss_index = faiss_index
         self.paths = [e["path"] for e in manifest["entries"]]
         self.root = Path(manifest["root"])
+        self.index_spec = ann.from_manifest(manifest)
 
     @classmethod
     def open(cls, directory: str | Path) -> GalleryIndex:
@@ -71,6 +76,7 @@ class GalleryIndex:
             raise CirkitError(f"gallery index in {directory} is damaged ({one_line(exc)}): re-run `cirkit index`") from None
         if not (len(vectors) == faiss_index.ntotal == len(manifest["entries"])):
             raise CirkitError(f"gallery index in {directory} is inconsistent: re-run `cirkit index`")
+        ann.configure(faiss_index, ann.from_manifest(manifest))
         return cls(directory, manifest, vectors, faiss_index)
 
     @property
@@ -96,7 +102,8 @@ class GalleryIndex:
         k = min(k, len(self.paths))
         if k == 0:
             return [[] for _ in queries]
-        scores, ids = self.faiss_index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        # approximate index types re-score their candidates from self.vectors: exact cosines either way
+        scores, ids = ann.search(self.faiss_index, self.vectors, self.index_spec, queries, k)
         return [
             [
                 {"rank": r + 1, "path": self.paths[i], "file": str(self.root / self.paths[i]), "score": float(s)}
@@ -130,11 +137,16 @@ def build_index(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = True,
     files: list[str] | None = None,
+    index_type: str | None = None,
+    index_params: dict[str, int] | None = None,
 ) -> BuildReport:
     """Index every image under `images_dir` into `out_dir`, reusing whatever is already there.
 
     `files` (paths relative to `images_dir`) restricts the gallery to those images, e.g. a
     benchmark split's gallery; a listed file that does not exist is skipped as missing.
+    `index_type` (auto, flat, hnsw, ivfpq; see cirkit.ann) and `index_params` (overrides of the
+    params chosen by size) default to what the previous build of `out_dir` was asked, else auto.
+    The FAISS index is rebuilt from the cached vectors, so switching types embeds nothing.
     """
     import faiss
 
@@ -143,11 +155,13 @@ def build_index(
     if not root.is_dir():
         raise CirkitError(f"not a folder: {images_dir}")
     identity = clip.identity
+    files = [root / f for f in files] if files is not None else iter_image_files(root)
+    if index_type is not None:  # refuse before touching `out` (e.g. ivfpq on a gallery too small to train)
+        ann.choose(index_type, len(files), identity["dim"], index_params)
     _prepare_out_dir(out, identity)
     previous = read_manifest(out)
     report = BuildReport(directory=out)
 
-    files = [root / f for f in files] if files is not None else iter_image_files(root)
     known = {e["path"]: e for e in (previous or {}).get("entries", [])} if previous and previous["root"] == str(root) else {}
     entries: list[dict[str, Any]] = []
     with progress_bar(progress) as bar:
@@ -199,19 +213,31 @@ def build_index(
     report.skipped.sort(key=lambda s: s["path"])
     dim = identity["dim"]
     vectors = np.stack([cache.vectors[e["sha256"]] for e in entries]) if entries else np.zeros((0, dim), np.float32)
-    index = faiss.IndexFlatIP(dim)
-    index.add(vectors)
+    # the index type: as asked, else as the previous build was asked (auto picks by size)
+    choice = index_type or (previous or {}).get("index_choice", "auto")
+    overrides = dict(index_params or {}) if index_type else (previous or {}).get("index_overrides", {})
+    report.index = spec = ann.choose(choice, len(entries), dim, overrides)
     digest = hashlib.sha256(vectors.tobytes()).hexdigest()[:16]
-    vectors_file, index_file = f"vectors-{digest}.npy", f"index-{digest}.faiss"
+    vectors_file = f"vectors-{digest}.npy"
+    index_file = f"index-{digest}.faiss" if spec.exact else f"index-{digest}-{spec.type}.faiss"
     _atomic_write(out / vectors_file, lambda p: np.save(p, vectors))
-    _atomic_write(out / index_file, lambda p: faiss.write_index(index, str(p)))
+    report.index_built = not (
+        previous and previous.get("index_file") == index_file and ann.from_manifest(previous) == spec
+        and (out / index_file).is_file()
+    )
+    if report.index_built:  # from the vectors in hand (cached): switching types embeds nothing
+        index = ann.build(vectors, spec)
+        _atomic_write(out / index_file, lambda p: faiss.write_index(index, str(p)))
     manifest = {
         "format": FORMAT,
         "model": identity,
         "root": str(root),
         "dim": dim,
         "count": len(entries),
-        "index_type": "flat",
+        "index_type": spec.type,
+        "index_params": spec.params,
+        "index_choice": choice,
+        "index_overrides": overrides,
         "vectors_file": vectors_file,
         "index_file": index_file,
         "updated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
