@@ -27,13 +27,18 @@ def index_folder(
     workers: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = False,
+    engine: str = "local",
+    ray_address: str | None = None,
+    ray_actors: int | None = None,
     index_type: str | None = None,
     index_params: dict[str, int] | None = None,
 ) -> BuildReport:
     """Embed every image under `images_dir` with CLIP and write a gallery index to `out`.
 
     The CLIP model is `clip` (+ `pretrained`) when given, else the one of `pipeline`
-    (default: the built-in `cirevl` pipeline).
+    (default: the built-in `cirevl` pipeline). `engine="ray"` embeds on a Ray cluster
+    (`ray_address`: None starts a local Ray instance, or uses this process's; "auto";
+    "ray://HEAD:10001") with `ray_actors` model actors; the index is the same as a local build's.
     `index_type`: auto (flat below 1M images, else ivfpq), flat, hnsw or ivfpq; None keeps what `out`
     was built with. `index_params` overrides the params chosen by size (see cirkit.ann).
     """
@@ -42,15 +47,31 @@ def index_folder(
 
     if index_type is not None and index_type not in INDEX_TYPES:
         raise CirkitError(f"unknown index type '{index_type}': choose one of {', '.join(INDEX_TYPES)}")
+    if engine not in ("local", "ray"):
+        raise CirkitError(f"unknown engine '{engine}': choose local or ray")
+    if engine == "local" and (ray_address or ray_actors):
+        raise CirkitError("--ray-address and --ray-actors go with --engine ray")
+    if engine == "ray":
+        from cirkit.ray_embed import import_ray
+
+        import_ray()  # a missing Ray is said before any work
+
     dtype = "auto"
     if not clip:
         spec = load_pipeline(pipeline or DEFAULT_PIPELINE).clip_model()
         clip, pretrained, dtype = spec.name, spec.pretrained, spec.dtype
         device = spec.device if device == "auto" else device
     model = ClipModel(clip, pretrained, device=device, dtype=dtype)
+    embedder = None
+    if engine == "ray":
+        from cirkit.ray_embed import RayEmbedder
+
+        embedder = RayEmbedder({"name": clip, "pretrained": pretrained, "dtype": dtype}, device=device,
+                               address=ray_address, actors=ray_actors)
+        embedder.preflight()
     return build_index(
         images_dir, out, model, batch_size=batch_size, workers=workers, max_pixels=max_pixels, progress=progress,
-        index_type=index_type, index_params=index_params,
+        embedder=embedder, index_type=index_type, index_params=index_params,
     )
 
 

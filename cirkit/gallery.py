@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,6 +137,7 @@ def build_index(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = True,
     files: list[str] | None = None,
+    embedder: Callable[..., Iterator] | None = None,
     index_type: str | None = None,
     index_params: dict[str, int] | None = None,
 ) -> BuildReport:
@@ -144,6 +145,8 @@ def build_index(
 
     `files` (paths relative to `images_dir`) restricts the gallery to those images, e.g. a
     benchmark split's gallery; a listed file that does not exist is skipped as missing.
+    `embedder` embeds elsewhere (e.g. `cirkit.ray_embed.RayEmbedder`): called like `_embed`, it yields
+    the same batches of (hashes, vectors, failures), in any order.
     `index_type` (auto, flat, hnsw, ivfpq; see cirkit.ann) and `index_params` (overrides of the
     params chosen by size) default to what the previous build of `out_dir` was asked, else auto.
     The FAISS index is rebuilt from the cached vectors, so switching types embeds nothing.
@@ -194,8 +197,9 @@ def build_index(
         pending: list[tuple[list[str], np.ndarray, list[tuple[str, str]]]] = []
         with progress_bar(progress) as bar:
             task = bar.add_task("embedding", total=len(todo))
+            batches = (embedder or _embed)(list(todo.items()), clip, batch_size, workers, max_pixels)
             try:
-                for hashes, vectors, failures in _embed(list(todo.items()), clip, batch_size, workers, max_pixels):
+                for hashes, vectors, failures in batches:
                     pending.append((hashes, vectors, failures))
                     report.embedded += len(hashes)
                     bar.advance(task, len(hashes) + len(failures))
@@ -204,6 +208,7 @@ def build_index(
                         pending = []
             finally:
                 cache.write_shard(pending)  # whole batches only, so a resumed run forms the same batches
+                getattr(batches, "close", lambda: None)()  # stops the embedder's workers now, not at garbage collection
 
     for e in entries:
         reason = cache.failed.get(e["sha256"])
