@@ -23,10 +23,11 @@ def index_folder(
     clip: str | None = None,
     pretrained: str | None = None,
     device: str = "auto",
-    batch_size: int = 64,
+    batch_size: int | None = None,
     workers: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = False,
+    precision: str = "auto",
     engine: str = "local",
     ray_address: str | None = None,
     ray_actors: int | None = None,
@@ -41,9 +42,13 @@ def index_folder(
     "ray://HEAD:10001") with `ray_actors` model actors; the index is the same as a local build's.
     `index_type`: auto (flat below 1M images, else ivfpq), flat, hnsw or ivfpq; None keeps what `out`
     was built with. `index_params` overrides the params chosen by size (see cirkit.ann).
+    `precision`: auto (fp32 on CPU, bf16 autocast on GPU), fp32, bf16 or fp16 (autocast); recorded in
+    the manifest. `batch_size` None: 64 on CPU, 256 on GPU.
     """
     from cirkit.ann import INDEX_TYPES
-    from cirkit.clip import ClipModel
+    from cirkit.clip import ClipModel, check_precision
+
+    check_precision(precision)
 
     if index_type is not None and index_type not in INDEX_TYPES:
         raise CirkitError(f"unknown index type '{index_type}': choose one of {', '.join(INDEX_TYPES)}")
@@ -61,12 +66,12 @@ def index_folder(
         spec = load_pipeline(pipeline or DEFAULT_PIPELINE).clip_model()
         clip, pretrained, dtype = spec.name, spec.pretrained, spec.dtype
         device = spec.device if device == "auto" else device
-    model = ClipModel(clip, pretrained, device=device, dtype=dtype)
+    model = ClipModel(clip, pretrained, device=device, dtype=dtype, precision=precision)
     embedder = None
     if engine == "ray":
         from cirkit.ray_embed import RayEmbedder
 
-        embedder = RayEmbedder({"name": clip, "pretrained": pretrained, "dtype": dtype}, device=device,
+        embedder = RayEmbedder({"name": clip, "pretrained": pretrained, "dtype": dtype, "precision": precision}, device=device,
                                address=ray_address, actors=ray_actors)
         embedder.preflight()
     return build_index(

@@ -2,10 +2,16 @@
 
 `identity` names the exact model and preprocessing; a gallery index stores it, and a query whose
 CLIP identity differs is refused.
+
+`precision` is the arithmetic of the forward pass: fp32, or bf16/fp16 under torch.autocast (weights
+stay fp32; matrix products run in half precision, norms and softmax in fp32). "auto" is fp32 on
+CPU and bf16 (fp16 where bf16 is missing) on CUDA. It is not part of the identity: vectors of
+another precision are close, not equal, and an index records the precision it was built with.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -16,20 +22,51 @@ import numpy as np
 from cirkit.errors import CirkitError, one_line
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise CirkitError(f"unknown precision '{precision}': choose one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def default_batch_size(device: str) -> int:
+    """Images per forward pass when none is asked: large enough to keep a GPU busy, small on CPU."""
+    return 256 if device.startswith("cuda") else 64
+
+
 def file_sha256(path: str | Path) -> str:
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 class ClipModel:
-    def __init__(self, name: str, pretrained: str | None = None, *, device: str = "auto", dtype: str = "auto"):
+    def __init__(
+        self, name: str, pretrained: str | None = None, *, device: str = "auto", dtype: str = "auto",
+        precision: str = "auto",
+    ):
+        """`dtype` (a pipeline's setting) casts the weights; `precision` (see the module doc) runs an
+        fp32 model under autocast, and when given it overrides `dtype`."""
         import open_clip
         import torch
 
         from cirkit.engines.transformers_engine import resolve_device, resolve_dtype
 
+        check_precision(precision)
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
+        self._autocast = None  # the half dtype of the forward pass under torch.autocast, if any
+        if precision == "auto" and dtype != "auto":  # the weights cast as the pipeline says
+            self.dtype = resolve_dtype(dtype, self.device)
+        else:
+            self.dtype = torch.float32
+            if precision == "auto" and self.device.startswith("cuda"):
+                precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            if precision in ("bf16", "fp16"):
+                self._autocast = torch.bfloat16 if precision == "bf16" else torch.float16
+        self.precision = _DTYPE_NAMES[str(self._autocast or self.dtype).removeprefix("torch.")]
+        self.batch_size = default_batch_size(self.device)
         self._identity: dict[str, Any] = {}
         model_name = name
         if name.endswith(".json"):
@@ -76,7 +113,7 @@ class ClipModel:
 
         truncated = [self._too_long(t) for t in texts]
         vectors = []
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast_context():
             for start in range(0, len(texts), batch_size):
                 tokens = self.tokenizer(texts[start : start + batch_size]).to(self.device)
                 vectors.append(self._normalize(self.model.encode_text(tokens)))
@@ -86,8 +123,15 @@ class ClipModel:
         """L2-normalized image vectors for a batch of preprocessed image tensors."""
         import torch
 
-        with torch.inference_mode():
-            return self._normalize(self.model.encode_image(pixels.to(self.device, self.dtype)))
+        with torch.inference_mode(), self._autocast_context():
+            return self._normalize(self.model.encode_image(pixels.to(self.device, self.dtype, non_blocking=True)))
+
+    def _autocast_context(self):
+        import torch
+
+        if self._autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.split(":")[0], dtype=self._autocast)
 
     @staticmethod
     def _normalize(features) -> np.ndarray:

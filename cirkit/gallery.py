@@ -132,7 +132,7 @@ def build_index(
     out_dir: str | Path,
     clip: Any,
     *,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     workers: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = True,
@@ -162,6 +162,8 @@ def build_index(
     if index_type is not None:  # refuse before touching `out` (e.g. ivfpq on a gallery too small to train)
         ann.choose(index_type, len(files), identity["dim"], index_params)
     _prepare_out_dir(out, identity)
+    precision = _check_precision(out, getattr(clip, "precision", "fp32"))
+    batch_size = batch_size or getattr(clip, "batch_size", 64)
     previous = read_manifest(out)
     report = BuildReport(directory=out)
 
@@ -236,6 +238,7 @@ def build_index(
     manifest = {
         "format": FORMAT,
         "model": identity,
+        "precision": precision,
         "root": str(root),
         "dim": dim,
         "count": len(entries),
@@ -304,7 +307,7 @@ class _Cache:
 
 
 class _ImageFiles:
-    """A torch Dataset of (hash, preprocessed tensor or None, failure reason)."""
+    """A torch Dataset of (hash, preprocessed image as a float32 array or None, failure reason)."""
 
     def __init__(self, items: list[tuple[str, Path]], preprocess: Any, max_pixels: int):
         self.items, self.preprocess, self.max_pixels = items, preprocess, max_pixels
@@ -325,31 +328,56 @@ class _ImageFiles:
 
 
 def _collate(batch):
-    return batch
+    """(hashes, pixels stacked into one array or None, failures): stacked where it was decoded,
+    so the process that runs the model only wraps the array."""
+    ok = [(sha, pixels) for sha, pixels, _ in batch if pixels is not None]
+    failures = [(sha, reason) for sha, pixels, reason in batch if pixels is None]
+    return [sha for sha, _ in ok], np.stack([pixels for _, pixels in ok]) if ok else None, failures
+
+
+def _default_workers(device: str, items: int, batch_size: int) -> int:
+    """Decoding processes when none are asked.
+
+    On CPU the decoders share the cores with the forward pass, which needs ~40x more CPU time per
+    image than decoding and preprocessing a photo (ViT-B-32: ~200 core-ms vs ~5): one process
+    keeps ahead of it, and more would only take turns on the cores from torch's threads (an
+    OpenMP thread that loses its core stalls its siblings at the next barrier). On GPU decoding is
+    the bottleneck: as many as the CPU allows, one core left to the process that feeds the GPU.
+    """
+    if items <= batch_size:
+        return 0  # one batch: starting a process costs more than it saves
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if device.startswith("cuda"):
+        return max(1, min(16, cpus - 1))
+    return 1
 
 
 def _embed(items, clip, batch_size: int, workers: int | None, max_pixels: int) -> Iterator:
-    """Batches of (hashes, vectors, failures), decoding in worker processes while the model runs."""
+    """Batches of (hashes, vectors, failures) in item order, decoding in worker processes while the model runs.
+
+    Batch i holds items [i * batch_size, (i + 1) * batch_size) whatever the workers, so a resumed
+    run forms the same batches. Precision (autocast) is the model's (`clip.precision`).
+    """
     import torch
     from torch.utils.data import DataLoader
 
     if workers is None:
-        workers = 0 if len(items) <= batch_size else min(4, os.cpu_count() or 1)
+        workers = _default_workers(clip.device, len(items), batch_size)
+    on_gpu = clip.device.startswith("cuda")
     loader = DataLoader(
         _ImageFiles(items, clip.preprocess, max_pixels),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=_collate,
-        pin_memory=clip.device.startswith("cuda"),
-        prefetch_factor=4 if workers else None,
+        prefetch_factor=(4 if on_gpu else 2) if workers else None,  # batches decoded ahead, per worker
         persistent_workers=False,
         worker_init_fn=_ignore_ctrl_c if workers else None,
     )
-    for batch in loader:
-        ok = [(sha, t) for sha, t, _ in batch if t is not None]
-        failures = [(sha, reason) for sha, t, reason in batch if t is None]
-        vectors = clip.encode_images(torch.from_numpy(np.stack([t for _, t in ok]))) if ok else np.zeros((0, clip.dim), np.float32)
-        yield [sha for sha, _ in ok], vectors, failures
+    for hashes, pixels, failures in loader:
+        if pixels is None:
+            yield [], np.zeros((0, clip.dim), np.float32), failures
+            continue
+        yield hashes, clip.encode_images(torch.from_numpy(pixels)), failures
 
 
 def _ignore_ctrl_c(_worker_id: int) -> None:
@@ -357,6 +385,21 @@ def _ignore_ctrl_c(_worker_id: int) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _check_precision(out: Path, precision: str) -> str:
+    """Refuse to mix vectors computed in another precision into the cache of `out` (they are close, not equal)."""
+    path = out / CACHE / "precision.txt"
+    built = path.read_text().strip() if path.is_file() else (read_manifest(out) or {}).get("precision")
+    if built and built != precision:
+        raise CirkitError(
+            f"{out} holds vectors computed in {built}, not {precision}: "
+            f"run with --precision {built} to update it, or choose another --out directory"
+        )
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, lambda p: p.write_text(precision + "\n"))
+    return precision
 
 
 def _prepare_out_dir(out: Path, identity: dict[str, Any]) -> None:
