@@ -104,7 +104,8 @@ def run_queries(
             live = _take_given(step, position, todo, live, contexts, run_ids, store, failures)
             continue
         items = {i: {name: contexts[i][source] if source else None for name, source in step.inputs.items()} for i in todo}
-        keys = {i: _cache_key(pipeline, step, params, items[i]) for i in todo} if step.component.cacheable else {}
+        step_hash = _step_hash(pipeline, step, params) if step.component.cacheable else None  # once per step, not per query
+        keys = {i: _cache_key(step_hash, items[i]) for i in todo} if step_hash else {}
         cached = {i: hit for i in todo if use_cache and keys and (hit := store.cache_get(keys[i])) is not None}
         misses = [i for i in todo if i not in cached]
         results: dict[int, ItemResult] = {}
@@ -200,8 +201,9 @@ def _uses_image(pipeline: Pipeline, start: int) -> bool:
     return any("image" in step.inputs.values() for step in pipeline.steps[start:])
 
 
-def _cache_key(pipeline: Pipeline, step, params, inputs: dict[str, Any]) -> str:
-    """Content address of a step's work on one query: what it is, which model, how, on what."""
+def _step_hash(pipeline: Pipeline, step, params):
+    """The part of a step's cache keys that is the same for every query: what it is, which model,
+    how (the model's fingerprint stats its files: done once per step, not once per query)."""
     h = hashlib.sha256()
     model_spec = pipeline.model_for(step)
     parts = [
@@ -212,6 +214,12 @@ def _cache_key(pipeline: Pipeline, step, params, inputs: dict[str, Any]) -> str:
     ]
     for part in parts:
         h.update(part.encode() + b"\x00")
+    return h
+
+
+def _cache_key(step_hash, inputs: dict[str, Any]) -> str:
+    """Content address of a step's work on one query: the step's hash, then what it ran on."""
+    h = step_hash.copy()
     for name in sorted(inputs):
         h.update(name.encode() + b"=" + _value_digest(inputs[name]) + b"\x00")
     return h.hexdigest()
