@@ -34,7 +34,7 @@ import numpy as np
 
 from cirkit.errors import CirkitError, one_line
 
-PROBE_SECONDS = 5.0  # how long a cluster address may take to accept a connection
+PROBE_SECONDS = 5.0  # how long a cluster address may take to accept a connection and answer
 
 
 def ray_missing_message() -> str:
@@ -113,8 +113,7 @@ class RayEmbedder:
                         "device": "cuda" if use_gpus else "cpu",
                         "identity": clip.identity,
                         "batch_size": batch_size,
-                        # CPU actors decode in-process (each holds one CPU); GPU actors decode in worker processes
-                        "workers": workers if workers is not None else (None if use_gpus else 0),
+                        "workers": workers if workers is not None else _default_workers(use_gpus, gpus, cpus),
                         "max_pixels": max_pixels,
                     },
                 )
@@ -278,6 +277,14 @@ def _absolute_if_file(value: Any) -> Any:
     if isinstance(value, str) and value and Path(value).expanduser().is_file():
         return str(Path(value).expanduser().resolve())
     return value
+
+
+def _default_workers(use_gpus: bool, gpus: float, cpus: float) -> int:
+    """Decoding processes per actor: none for a CPU actor (it holds one CPU, and there is one per CPU);
+    for a GPU actor, its share of the CPUs, one left to the actor itself (up to 16, as locally)."""
+    if not use_gpus:
+        return 0
+    return max(1, min(16, int(cpus // max(gpus, 1)) - 1))
 
 
 def _cluster_gpus_cpus(ray) -> tuple[float, float]:
