@@ -42,7 +42,7 @@ def eval_run(
         batch_size=batch_size, submission_dir=submission, use_cache=not no_cache, progress=not as_json,
     )
     if as_json:
-        print(json.dumps({"experiment": exp.id, "metrics": exp.metrics, "submission": [str(p) for p in exp.submission]}))
+        print(json.dumps({"experiment": exp.id, "metrics": exp.metrics, "failed_runs": exp.failed_runs, "submission": [str(p) for p in exp.submission]}))
         return
     _metrics_table(exp.metrics, f"{bench} {split} (experiment {exp.id})")
     for path in exp.submission:

@@ -143,7 +143,16 @@ class TransformersEngine(Engine):
         if logprobs_of:
             kwargs.update(output_logits=True, return_dict_in_generate=True)
         with torch.inference_mode():
-            out = self.model.generate(**inputs, **kwargs)
+            try:
+                out = self.model.generate(**inputs, **kwargs)
+            except IndexError as exc:  # past a learned position table (BLIP's text decoder, ...)
+                config = getattr(self.model.config, "text_config", None) or self.model.config
+                limit = getattr(config, "max_position_embeddings", None)
+                raise CirkitError(
+                    f"model '{self.model_id}' failed on a prompt of {inputs['input_ids'].shape[1]} tokens + "
+                    f"{params.max_new_tokens} new ones (it has {limit} positions): shorten the template or max_new_tokens "
+                    f"({one_line(exc)})"
+                ) from None
         first_logprobs = None
         if logprobs_of:
             first_logprobs = torch.log_softmax(out.logits[0].float(), dim=-1)
