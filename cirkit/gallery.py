@@ -408,7 +408,7 @@ def _prepare_out_dir(out: Path, identity: dict[str, Any]) -> None:
     if out.exists() and not out.is_dir():
         raise CirkitError(f"--out {out} is a file, not a directory")
     model_file = out / CACHE / "model.json"
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and not _left_empty(out):
         if not model_file.is_file() and read_manifest(out) is None:
             raise CirkitError(f"{out} is not empty and holds no cirkit index: choose a new or empty directory")
         try:
@@ -423,6 +423,16 @@ def _prepare_out_dir(out: Path, identity: dict[str, Any]) -> None:
     else:
         (out / CACHE).mkdir(parents=True, exist_ok=True)
         _atomic_write(model_file, lambda p: p.write_text(json.dumps(identity, indent=1)))
+
+
+def _left_empty(out: Path) -> bool:
+    """Empty, or holding only what a first run stopped before its first write left: a cache folder
+    with nothing in it but temporary files."""
+    entries = list(out.iterdir())
+    if not entries:
+        return True
+    cache = entries[0]
+    return len(entries) == 1 and cache.name == CACHE and cache.is_dir() and all(p.name.startswith(".tmp-") for p in cache.iterdir())
 
 
 def _atomic_write(path: Path, write) -> None:

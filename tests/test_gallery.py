@@ -418,6 +418,18 @@ def test_refuses_non_empty_folder_that_is_not_an_index(cli, gallery, tiny_pipeli
     assert _snapshot(out) == {"keep.txt": b"mine"} and [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
+def test_a_first_run_stopped_before_its_first_write_is_not_refused(cli, gallery, tiny_pipeline, tmp_path):
+    # what a first run killed right after creating its folders leaves: an empty cache, or a half-written temporary file
+    for leftover in ([], [".tmp-123-model.json"]):
+        out = tmp_path / f"idx{len(leftover)}"
+        (out / "cache").mkdir(parents=True)
+        for name in leftover:
+            (out / "cache" / name).write_text("{")
+        result = cli("index", gallery, "--out", out, "--pipeline", tiny_pipeline)
+        assert result.exit_code == 0, result.stderr
+        assert "indexed 30 images" in result.stdout
+
+
 def test_refuses_index_built_with_another_clip(cli, small_index, other_clip):
     images, out = small_index
     before = _snapshot(out)
