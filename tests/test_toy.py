@@ -230,6 +230,16 @@ def test_demo_reruns_cleanly_after_an_interruption(tmp_path):
     assert second["metrics"]["R@1"] == first["metrics"]["R@1"]
 
 
+def test_demo_command_takes_the_data_dir_and_a_limit(tmp_path, cli):
+    store = tmp_path / "store"
+    result = cli("--data-dir", store, "demo", "--dir", tmp_path / "demo", "--limit", "10")
+    assert result.exit_code == 0, result.stderr
+    assert "on 10 held-out toy queries" in result.stdout and f"--data-dir {store}" in result.stdout
+    assert not (tmp_path / "demo" / "runs").exists()
+    listed = cli("--data-dir", store, "eval", "list")
+    assert "toy" in listed.stdout and "R@1=" in listed.stdout
+
+
 def _on_toy_models(name: str, out: Path) -> Path:
     """A built-in pipeline's steps and parameters, with the toy models and the toy templates.
 
