@@ -193,6 +193,14 @@ class QueryServer:
 
     def serve(self, pipelines: list[str]) -> None:
         """Listen, preload the pipelines' models, answer until Ctrl-C (or SIGTERM), stop cleanly."""
+        from cirkit.pipelines import load_pipeline
+
+        try:
+            for ref in pipelines:  # a bad pipeline file is refused before listening
+                load_pipeline(ref)
+        except BaseException:
+            self.httpd.server_close()
+            raise
         main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, _raise_interrupt) if main else None
         abandoned = False

@@ -205,6 +205,15 @@ def test_port_in_use_and_a_second_server(tmp_path, server, tiny_pipeline):
     assert len(res.stderr.strip().splitlines()) == 1
 
 
+def test_bad_pipeline_is_refused_before_listening(tmp_path):
+    port = free_port()
+    res = subprocess.run([sys.executable, "-m", "cirkit", "serve", "--port", str(port), "-p", str(tmp_path / "nope.yaml")],
+                         capture_output=True, text=True, env=_env(), timeout=READY_GUARD)
+    assert res.returncode == 1
+    assert res.stderr.strip() == f"error: pipeline not found: {tmp_path / 'nope.yaml'}"
+    assert health(f"http://127.0.0.1:{port}") is None
+
+
 def test_no_server_runs_locally_and_an_explicit_one_must_answer(cli, monkeypatch, tmp_path, gallery, gallery_index, tiny_pipeline):
     port = free_port()
     monkeypatch.setenv("CIRKIT_PORT", str(port))  # nobody listens there
