@@ -128,6 +128,9 @@ def cli(capsys, tmp_path, monkeypatch):
 
     monkeypatch.setenv("CIRKIT_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("COLUMNS", "200")
+    # queries run here, never through a `cirkit serve` that happens to run on this machine
+    monkeypatch.setenv("CIRKIT_PORT", str(free_port()))
+    monkeypatch.delenv("CIRKIT_SERVER", raising=False)
 
     def run(*args: str) -> CliResult:
         capsys.readouterr()
