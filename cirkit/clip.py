@@ -82,9 +82,12 @@ class ClipModel:
         elif pretrained:
             self._identity["pretrained"] = pretrained
         try:
-            self.model, _, self.preprocess = open_clip.create_model_and_transforms(
-                model_name, pretrained=pretrained or None, device=self.device
-            )
+            # without weights, the same random weights in every process (an index and its queries agree)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+                    model_name, pretrained=pretrained or None, device=self.device
+                )
             self.tokenizer = open_clip.get_tokenizer(model_name)
         except (RuntimeError, OSError, ValueError, KeyError) as exc:
             what = f"{model_name}/{pretrained}" if pretrained else model_name

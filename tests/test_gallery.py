@@ -499,3 +499,17 @@ def test_check_model_refuses_another_clip(small_index, other_clip, tiny_models):
     message = str(info.value)
     assert "cirkit-tiny-clip" in message and "cirkit-other-clip" in message
     assert str(out) in message
+
+
+def test_a_clip_model_without_weights_has_the_same_random_weights_every_time(tiny_models):
+    import torch
+
+    from cirkit.clip import ClipModel
+
+    vectors = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)  # whatever the global random state, as in another process
+        clip = ClipModel(str(tiny_models.clip_config), None, device="cpu")
+        vectors.append(clip.encode_texts(["a red dress"])[0])
+    np.testing.assert_array_equal(vectors[0], vectors[1])
+    assert clip.identity["name"] == tiny_models.clip_config.stem and "pretrained" not in clip.identity
