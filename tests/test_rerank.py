@@ -101,6 +101,9 @@ def test_rerank_in_process_orders_by_the_judges_probabilities(tiny_models, tiny_
     assert shown.exit_code == 0, shown.stderr
     first = runs[0]["steps"][-1]["outputs"]["verdicts"][0]
     assert f"P(yes) {first['verifier']:.3f} (logprobs)" in shown.stdout
+    top = runs[0]["results"][0]
+    rows = [[cell.strip() for cell in line.split("│")] for line in shown.stdout.splitlines() if line.startswith("│")]
+    assert ["", "1", f"{top['score']:.4f}", f"{top['verifier']:.3f}"] in [row[:4] for row in rows]  # the results table
     report = cli("--data-dir", tmp_path / "data", "report", runs[0]["id"], "--out", tmp_path / "r.html")
     assert report.exit_code == 0, report.stderr
     html = (tmp_path / "r.html").read_text()

@@ -24,9 +24,11 @@ def open_store(ctx: typer.Context):
 
 
 def print_results(results: list[dict[str, Any]], title: str = "Results") -> None:
-    table = Table("rank", "score", "image", title=title)
+    judged = any("verifier" in r for r in results)  # reranked: the judge's P(yes) beside the score
+    table = Table("rank", "score", *(["P(yes)"] if judged else []), "image", title=title)
     for r in results:
-        table.add_row(str(r["rank"]), f"{r['score']:.4f}", escape(r["file"]))
+        verifier = [f"{r['verifier']:.3f}" if r.get("verifier") is not None else "-"] if judged else []
+        table.add_row(str(r["rank"]), f"{r['score']:.4f}", *verifier, escape(r["file"]))
     stdout.print(table)
 
 
