@@ -219,3 +219,33 @@ def tiny_judge(tiny_models, tmp_path_factory) -> Path:
     from tiny_models import build_tiny_judge
 
     return build_tiny_judge(tiny_models.qwen2vl, tmp_path_factory.mktemp("models") / "judge")
+
+
+class CtrlCAfter:
+    """The real CLIP model, with a Ctrl-C arriving while it embeds batch number `at` (1-based)."""
+
+    def __init__(self, clip, at: int):
+        self._clip, self._at, self.calls = clip, at, 0
+
+    def __getattr__(self, name):
+        return getattr(self._clip, name)
+
+    def encode_images(self, pixels):
+        self.calls += 1
+        if self.calls == self._at:
+            raise KeyboardInterrupt
+        return self._clip.encode_images(pixels)
+
+
+def synthetic_index(vectors: dict[str, list[float]]):
+    """A GalleryIndex over the given vectors (path -> vector), with an exact FAISS index and no files."""
+    import faiss
+    import numpy as np
+
+    from cirkit.gallery import GalleryIndex
+
+    matrix = np.array(list(vectors.values()), dtype=np.float32)
+    flat = faiss.IndexFlatIP(matrix.shape[1])
+    flat.add(matrix)
+    manifest = {"root": "/g", "entries": [{"path": p} for p in vectors], "model": {}}
+    return GalleryIndex(None, manifest, matrix, flat)

@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import json
 
-import faiss
 import numpy as np
 import pytest
 
 from cirkit.components.search import Search, SearchParams, fuse_vectors, rrf
-from cirkit.gallery import GalleryIndex
-from conftest import write_pipeline
-
-
-def _index(vectors: dict[str, list[float]]) -> GalleryIndex:
-    matrix = np.array(list(vectors.values()), dtype=np.float32)
-    flat = faiss.IndexFlatIP(matrix.shape[1])
-    flat.add(matrix)
-    manifest = {"root": "/g", "entries": [{"path": p} for p in vectors], "model": {}}
-    return GalleryIndex(None, manifest, matrix, flat)
+from conftest import synthetic_index, write_pipeline
 
 
 # unit vectors along the axes, and between them
@@ -26,7 +16,7 @@ GALLERY = {"x": [1, 0, 0], "y": [0, 1, 0], "z": [0, 0, 1], "xy": [0.6, 0.8, 0], 
 
 
 def _search(vectors, **params):
-    component = Search(SearchParams(**params), index=_index(GALLERY))
+    component = Search(SearchParams(**params), index=synthetic_index(GALLERY))
     (result,) = component.run([{"query_vectors": np.array(vectors, dtype=np.float32)}])
     assert result.error is None, result.error
     return [(r["path"], round(r["score"], 4)) for r in result.outputs["results"]]
@@ -47,7 +37,7 @@ def test_weighted_fusion_per_vector_and_per_template():
     # one weight per template, 2 samples each: [x, x, y, y] with weights [1, 4] -> (0.2, 0.8, 0) normalized
     four = [[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0]]
     assert _search(four, k=2, fusion="weighted", weights=[1, 4]) == [("y", 0.9701), ("xy", 0.9216)]
-    component = Search(SearchParams(k=1, fusion="weighted", weights=[1, 2, 3]), index=_index(GALLERY))
+    component = Search(SearchParams(k=1, fusion="weighted", weights=[1, 2, 3]), index=synthetic_index(GALLERY))
     (bad,) = component.run([{"query_vectors": np.array(four, dtype=np.float32)}])
     assert bad.error == "3 weights do not fit 4 query vectors"
 

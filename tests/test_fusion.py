@@ -5,24 +5,15 @@ from __future__ import annotations
 
 import json
 
-import faiss
 import numpy as np
 import pytest
 
 from cirkit.components.fuse import Fuse, FuseParams, Pdv, PdvParams, pdv_fusion, weighted_fusion
 from cirkit.components.search import Search, SearchParams
 from cirkit.gallery import GalleryIndex
-from conftest import write_pipeline
+from conftest import synthetic_index, write_pipeline
 
 X, Y, Z = (np.eye(3, dtype=np.float32)[i] for i in range(3))
-
-
-def _index(vectors: dict[str, list[float]]) -> GalleryIndex:
-    matrix = np.array(list(vectors.values()), dtype=np.float32)
-    flat = faiss.IndexFlatIP(matrix.shape[1])
-    flat.add(matrix)
-    manifest = {"root": "/g", "entries": [{"path": p} for p in vectors], "model": {}}
-    return GalleryIndex(None, manifest, matrix, flat)
 
 
 def test_weighted_fusion_by_hand():
@@ -62,10 +53,10 @@ def test_editing_increment_by_hand():
     # delta = s(q) - s(r): a 0.2, b -0.2, c -0.6, d 0.12; positive 1, negative 0.5:
     # a 1 + 0.2 = 1.2, b 0.8 - 0.1 = 0.7, c 0 - 0.3 = -0.3, d 0.6 + 0.12 = 0.72
     gallery = {"a": [1, 0, 0], "b": [0.8, 0.6, 0], "c": [0, 1, 0], "d": [0.6, 0, 0.8]}
-    plain = Search(SearchParams(k=4), index=_index(gallery)).run([{"query_vectors": X[None]}])[0]
+    plain = Search(SearchParams(k=4), index=synthetic_index(gallery)).run([{"query_vectors": X[None]}])[0]
     assert [h["path"] for h in plain.outputs["results"]] == ["a", "b", "d", "c"]
     params = SearchParams(k=4, increment={"positive": 1.0, "negative": 0.5})
-    (result,) = Search(params, index=_index(gallery)).run([{"query_vectors": X[None], "reference_vectors": np.array([[0.8, 0.6, 0]])}])
+    (result,) = Search(params, index=synthetic_index(gallery)).run([{"query_vectors": X[None], "reference_vectors": np.array([[0.8, 0.6, 0]])}])
     assert [(h["path"], round(h["score"], 4)) for h in result.outputs["results"]] == [("a", 1.2), ("d", 0.72), ("b", 0.7), ("c", -0.3)]
     d = result.outputs["results"][1]
     assert d["rank"] == 2 and d["scores"] == pytest.approx({"image": 0.6, "increment": 0.12}, abs=1e-6)

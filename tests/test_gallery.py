@@ -22,7 +22,7 @@ from cirkit import gallery as gallery_mod
 from cirkit.errors import CirkitError
 from cirkit.gallery import GalleryIndex
 
-from conftest import make_gallery
+from conftest import CtrlCAfter, make_gallery
 from tiny_models import build_tiny_clip
 import tiny_models
 
@@ -358,22 +358,6 @@ def test_resume_after_ctrl_c(cli, big_gallery, big_reference, tiny_pipeline, tmp
     assert len(messages) == 1 and "interrupted" in messages[0], stderr
 
 
-class _CtrlCAfter:
-    """The real CLIP model, with a Ctrl-C arriving while it embeds batch number `at` (1-based)."""
-
-    def __init__(self, clip, at: int):
-        self._clip, self._at, self.calls = clip, at, 0
-
-    def __getattr__(self, name):
-        return getattr(self._clip, name)
-
-    def encode_images(self, pixels):
-        self.calls += 1
-        if self.calls == self._at:
-            raise KeyboardInterrupt
-        return self._clip.encode_images(pixels)
-
-
 def test_interrupted_build_keeps_finished_batches(tiny_models, tmp_path):
     """Batches embedded before a Ctrl-C are saved (even short of a full shard) and not embedded again."""
     from cirkit.gallery import build_index
@@ -386,7 +370,7 @@ def test_interrupted_build_keeps_finished_batches(tiny_models, tmp_path):
     clip = tiny_clip_model(tiny_models)
     out = tmp_path / "idx"
     with pytest.raises(KeyboardInterrupt):
-        build_index(images, out, _CtrlCAfter(clip, at=4), batch_size=8, workers=0, progress=False)
+        build_index(images, out, CtrlCAfter(clip, at=4), batch_size=8, workers=0, progress=False)
     assert not (out / "manifest.json").exists()
     assert len(list((out / "cache").glob("shard-*.npz"))) == 1  # 3 whole batches, short of SHARD_IMAGES
 

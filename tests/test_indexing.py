@@ -13,7 +13,7 @@ from cirkit.clip import ClipModel
 from cirkit.errors import CirkitError
 from cirkit.gallery import build_index
 
-from conftest import make_gallery
+from conftest import CtrlCAfter, make_gallery
 from test_gallery import _snapshot, assert_consistent, load_index, one_error_line, parse_report
 
 
@@ -130,29 +130,13 @@ def test_workers_do_not_change_the_index(tiny_models, noisy_gallery, tmp_path):
         assert np.array_equal(results[workers][1], vectors), workers
 
 
-class _CtrlCAfter:
-    """The real CLIP model, with a Ctrl-C arriving while it embeds batch number `at` (1-based)."""
-
-    def __init__(self, clip, at: int):
-        self._clip, self._at, self.calls = clip, at, 0
-
-    def __getattr__(self, name):
-        return getattr(self._clip, name)
-
-    def encode_images(self, pixels):
-        self.calls += 1
-        if self.calls == self._at:
-            raise KeyboardInterrupt
-        return self._clip.encode_images(pixels)
-
-
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_interrupted_build_resumes_bit_identical(tiny_models, noisy_gallery, tmp_path, precision):
     """Ctrl-C while decode workers run ahead: the resumed build equals an uninterrupted one, bit for bit."""
     clip = clip_model(tiny_models, precision)
     out = tmp_path / "idx"
     with pytest.raises(KeyboardInterrupt):
-        build_index(noisy_gallery, out, _CtrlCAfter(clip, at=5), batch_size=4, workers=2, progress=False)
+        build_index(noisy_gallery, out, CtrlCAfter(clip, at=5), batch_size=4, workers=2, progress=False)
     assert not (out / "manifest.json").exists()
     assert len(list((out / "cache").glob("shard-*.npz"))) == 1  # the batches before the interruption
 
@@ -176,7 +160,7 @@ def test_default_batch_size_follows_the_device(cli, tiny_models, tmp_path):
     assert clip.batch_size == 64
     out = tmp_path / "idx"
     with pytest.raises(KeyboardInterrupt):  # the second batch is interrupted: the first (64 images) is kept
-        build_index(images, out, _CtrlCAfter(clip, at=2), progress=False)
+        build_index(images, out, CtrlCAfter(clip, at=2), progress=False)
     (shard,) = (out / "cache").glob("shard-*.npz")
     with np.load(shard) as data:
         assert len(data["hashes"]) == 64
