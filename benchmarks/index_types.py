@@ -88,6 +88,8 @@ def main() -> None:
     print(f"n={args.n} d={args.dim} queries={args.queries} single={args.single} k={args.k} "
           f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, {os.cpu_count()} cores, load {load()}",
           flush=True)
+    if args.dir:
+        Path(args.dir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         t = time.perf_counter()
         vectors, queries = synthetic(Path(tmp) / "vectors.npy", args.n, args.queries, args.dim, args.seed)
