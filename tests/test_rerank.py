@@ -179,3 +179,24 @@ def test_rerank_params_out_of_range_are_refused(tiny_models, tiny_judge, tmp_pat
     result = cli("pipelines", "validate", path)
     assert result.exit_code != 0 and message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_candidate_image_that_cannot_be_read_is_left_unjudged(tiny_models, tiny_judge, tmp_path):
+    import shutil
+
+    from cirkit.api import index_folder, query
+    from conftest import make_gallery
+
+    gallery = make_gallery(tmp_path / "gallery", 12)
+    pipeline = _rerank_pipeline(tmp_path, tiny_models, tiny_judge, k=12, search_k=12)
+    index_folder(gallery, tmp_path / "idx", pipeline=tmp_path / "base.yaml")
+    reference = tmp_path / "reference.jpg"
+    shutil.copy(gallery / "img0001.jpg", reference)
+    (gallery / "img0002.jpg").write_bytes(b"not a jpeg any more")  # broken after indexing
+    run = query(reference, "make it red", tmp_path / "idx", pipeline=pipeline, k=12, data_dir=tmp_path / "data")
+    assert run["status"] == "ok"
+    verdicts, results = _check_reordered(run, k=12, weight=10.0)
+    broken = next(v for v in verdicts if v["path"] == "img0002.jpg")
+    assert broken["source"] == "unjudged" and broken["verifier"] is None
+    assert sum(v["source"] == "logprobs" for v in verdicts) == 11
+    assert any(n.startswith(f"#{broken['rank']} img0002.jpg: candidate image:") and n.endswith("kept its retrieval score") for n in run["steps"][-1]["notes"])

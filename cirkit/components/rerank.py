@@ -53,28 +53,31 @@ class Rerank(Component):
         if show_reference is None:
             show_reference = getattr(self.model, "max_images_per_prompt", None) != 1
         results = [ItemResult(outputs={}) for _ in items]
-        pairs: list[tuple[int, int, GenerationRequest]] = []  # (item, candidate position, request)
+        messages, pairs = [], []  # pairs: (item, candidate position)
         for i, item in enumerate(items):
-            messages = self.prompts[0].render(modification=item["modification"], description=item["description"])
+            messages.append(self.prompts[0].render(modification=item["modification"], description=item["description"]))
             candidates = item["results"][: self.params.k]
             result = results[i]
-            result.prompts = [{"images": (["reference"] if show_reference else []) + ["candidate"], "messages": messages}]
+            result.prompts = [{"images": (["reference"] if show_reference else []) + ["candidate"], "messages": messages[i]}]
             if len(item["results"]) < self.params.k:
                 result.notes.append(f"k={self.params.k} but the search returned {len(item['results'])} candidates: judged them all")
             result.outputs["verdicts"] = [None] * len(candidates)
-            for c, hit in enumerate(candidates):
+            pairs.extend((i, c) for c in range(len(candidates)))
+        failures: dict[int, str] = {}
+        for start in range(0, len(pairs), PAIRS_PER_CALL):
+            chunk, requests = [], []
+            for i, c in pairs[start : start + PAIRS_PER_CALL]:  # candidate images loaded a chunk at a time
+                hit = items[i]["results"][c]
                 try:
                     candidate = load_image(hit["file"])
                 except ImageError as exc:
-                    result.outputs["verdicts"][c] = _verdict(hit, None, None, "unjudged", f"candidate image: {exc}")
+                    results[i].outputs["verdicts"][c] = _verdict(hit, None, None, "unjudged", f"candidate image: {exc}")
                     continue
-                image, more = (item["image"], [candidate]) if show_reference else (candidate, [])
-                pairs.append((i, c, GenerationRequest(messages=messages, image=image, more_images=more)))
-        failures: dict[int, str] = {}
-        for start in range(0, len(pairs), PAIRS_PER_CALL):
-            chunk = pairs[start : start + PAIRS_PER_CALL]
-            answers, failure = self._judge([request for _, _, request in chunk])
-            for (i, c, _), answer in zip(chunk, answers):
+                image, more = (items[i]["image"], [candidate]) if show_reference else (candidate, [])
+                chunk.append((i, c))
+                requests.append(GenerationRequest(messages=messages[i], image=image, more_images=more))
+            answers, failure = self._judge(requests) if requests else ([], None)
+            for (i, c), answer in zip(chunk, answers):
                 hit = items[i]["results"][c]
                 if answer is None:
                     failures[i] = f"no answer: {failure}"
