@@ -15,6 +15,7 @@ and atomically, so an index directory is always either the previous index or the
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import os
@@ -85,6 +86,11 @@ class GalleryIndex:
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    @functools.cached_property
+    def row_of(self) -> dict[str, int]:
+        """The row (in the vectors and the FAISS index) of each gallery path."""
+        return {path: row for row, path in enumerate(self.paths)}
 
     def check_model(self, identity: dict[str, Any]) -> None:
         """Refuse a query embedded by a CLIP model other than the one that built the index."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import random
 import sys
 import threading
@@ -250,6 +251,29 @@ def test_request_body_carries_decoding_parameters_image_and_api_key(monkeypatch)
     assert url.startswith("data:image/png;base64,")
     decoded = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
     assert decoded.size == (20, 10) and decoded.convert("RGB").getpixel((3, 3)) == (10, 200, 30)
+
+
+def test_first_token_logprobs_and_several_images_per_prompt():
+    def behave(n, body):
+        status, headers, raw = completion("Yes")
+        answer = json.loads(raw)
+        top = [{"token": " Yes", "logprob": -0.1}, {"token": "yes", "logprob": -2.0}, {"token": "No", "logprob": -3.0}]
+        answer["choices"][0]["logprobs"] = {"content": [{"token": " Yes", "logprob": -0.1, "top_logprobs": top}]}
+        return status, headers, json.dumps(answer).encode()
+
+    images = [Image.new("RGB", (8, 8), c) for c in ((255, 0, 0), (0, 0, 255))]
+    with FakeServer(behave) as server:
+        engine = engine_for(server.url)
+        request = GenerationRequest(_user("Same?"), image=images[0], more_images=[images[1]])
+        (answer,) = engine.generate([request], GenerationParams(max_new_tokens=1), logprobs_of=("yes", "no"))
+        engine.generate([GenerationRequest(_user("Same?"))], GenerationParams(max_new_tokens=1))
+    body = server.bodies[0]
+    assert body["logprobs"] is True and body["top_logprobs"] == 20
+    assert "logprobs" not in server.bodies[1]  # asked for only when wanted
+    assert [p["type"] for p in body["messages"][0]["content"]] == ["image_url", "image_url", "text"]
+    # spacing and case variants of a word are summed
+    assert answer[0].logprobs["yes"] == pytest.approx(math.log(math.exp(-0.1) + math.exp(-2.0)))
+    assert answer[0].logprobs["no"] == pytest.approx(-3.0)
 
 
 def test_jpeg_images_and_finish_reasons():

@@ -104,9 +104,7 @@ class Search(Component):
         """The candidates scored again: image and gallery-caption similarity, and the editing increment."""
         from cirkit.gallery_captions import GalleryCaptions
 
-        if not hasattr(self, "_rows"):
-            self._rows = {path: row for row, path in enumerate(self.index.paths)}
-        rows = np.array([self._rows[hit["path"]] for hit in ranked], dtype=np.int64)
+        rows = np.array([self.index.row_of[hit["path"]] for hit in ranked], dtype=np.int64)
         images = np.asarray(self.index.vectors[rows], dtype=np.float32)
         w = self.params.gallery_captions
         captions = GalleryCaptions.of(self.index).vectors[rows] if w > 0 else None

@@ -49,7 +49,8 @@ class GenerationRequest:
 class Generation:
     text: str
     finish_reason: str  # "stop": the model ended it; "length": cut at max_new_tokens
-    # log-probability of each asked-for word as the answer's first token; None where the engine gives none
+    # log-probability of each asked-for word as the answer's first token (engines that see only the top
+    # alternatives give those, by lower-cased token: a word may be missing); None where the engine gives none
     logprobs: dict[str, float] | None = None
 
 
@@ -83,7 +84,8 @@ class Engine(ABC):
         """`params.n` generations per request, in request order; `on_batch(k)` after each batch of k requests.
 
         `logprobs_of` (e.g. ("yes", "no")): fill each Generation's `logprobs` with the log-probability
-        of each word as the first answer token, where the engine can.
+        of each word as the first answer token, where the engine can (the openai and vllm engines
+        give the first token's top alternatives instead, by lower-cased token).
         """
 
     @abstractmethod

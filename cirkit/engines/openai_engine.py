@@ -86,21 +86,19 @@ def openai_messages(request: GenerationRequest, fmt: str = "png", quality: int =
     return with_image_parts(request.messages, parts)
 
 
-def first_token_logprobs(logprobs: Any, words: Sequence[str]) -> dict[str, float] | None:
-    """Each word's log-probability as the first answer token, from a choice's `logprobs` (its top
-    alternatives, spacing and case variants summed); None when the server sent none. A word not
-    among the top alternatives is left out."""
+def first_token_logprobs(logprobs: Any) -> dict[str, float] | None:
+    """The first answer token's top alternatives from a choice's `logprobs`, by token stripped and
+    lower-cased (variants summed): where an asked-for word is among them, its log-probability.
+    None when the server sent none."""
     try:
-        top = logprobs["content"][0]["top_logprobs"]
         found: dict[str, list[float]] = {}
-        for alt in top:
+        for alt in logprobs["content"][0]["top_logprobs"]:
             token = str(alt["token"]).strip().lower()
-            for word in words:
-                if token == word.lower():
-                    found.setdefault(word, []).append(float(alt["logprob"]))
+            if token:
+                found.setdefault(token, []).append(float(alt["logprob"]))
     except (KeyError, IndexError, TypeError, ValueError):
         return None
-    return {word: math.log(sum(math.exp(v) for v in values)) for word, values in found.items()}
+    return {token: math.log(sum(math.exp(v) for v in values)) for token, values in found.items()}
 
 
 def finish_reason(value: Any) -> str:
@@ -143,7 +141,6 @@ class OpenAIEngine(Engine):
         self.max_retries = int(spec.max_retries)
         self.served_model: str | None = None  # the model id the server reports in its answers
         self._n_native: bool | None = None  # does the server honour `n`? None: not known yet
-        self._logprobs_of: tuple[str, ...] = ()
         self._client = None
         self._client_lock = threading.Lock()
 
@@ -184,7 +181,6 @@ class OpenAIEngine(Engine):
             )
         if not requests:
             return []
-        self._logprobs_of = tuple(logprobs_of)
         bodies = [self._body(r, params, logprobs_of) for r in requests]
         results: list[list[Generation] | None] = [None] * len(requests)
         first = 0
@@ -350,7 +346,7 @@ class OpenAIEngine(Engine):
                     Generation(
                         text=content.strip(),
                         finish_reason=finish_reason(choice.get("finish_reason")),
-                        logprobs=first_token_logprobs(choice.get("logprobs"), self._logprobs_of),
+                        logprobs=first_token_logprobs(choice.get("logprobs")),
                     )
                 )
         except (KeyError, TypeError, AttributeError, IndexError):

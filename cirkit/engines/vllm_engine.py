@@ -91,7 +91,7 @@ class VllmEngine(Engine):
                         Generation(
                             text=c.text.strip(),
                             finish_reason="length" if c.finish_reason == "length" else "stop",
-                            logprobs=_first_token_logprobs(c, logprobs_of) if logprobs_of else None,
+                            logprobs=_first_token_logprobs(c) if logprobs_of else None,
                         )
                         for c in sorted(out.outputs, key=lambda c: c.index)
                     ]
@@ -106,9 +106,9 @@ def conversation(request: GenerationRequest) -> list[dict[str, Any]]:
     return with_image_parts(request.messages, [{"type": "image_pil", "image_pil": image} for image in request.images])
 
 
-def _first_token_logprobs(completion: Any, words: Sequence[str]) -> dict[str, float] | None:
+def _first_token_logprobs(completion: Any) -> dict[str, float] | None:
     """Each word's log-probability as the first token, from vLLM's top alternatives of that token."""
     if not completion.logprobs:
         return None
     top = [{"token": alt.decoded_token or "", "logprob": alt.logprob} for alt in completion.logprobs[0].values()]
-    return first_token_logprobs({"content": [{"top_logprobs": top}]}, words)
+    return first_token_logprobs({"content": [{"top_logprobs": top}]})
