@@ -41,12 +41,12 @@ def index_folder(
     (`ray_address`: None starts a local Ray instance, or uses this process's; "auto";
     "ray://HEAD:10001") with `ray_actors` model actors; the index is the same as a local build's.
     `index_type`: auto (flat below 1M images, else ivfpq), flat, hnsw or ivfpq; None keeps what `out`
-    was built with. `index_params` overrides the params chosen by size (see cirkit.ann).
+    was built with. `index_params` overrides the params chosen by size (see cirkit.gallery.ann).
     `precision`: auto (fp32 on CPU, bf16 autocast on GPU), fp32, bf16 or fp16 (autocast); recorded in
     the manifest. `batch_size` None: 64 on CPU, 256 on GPU.
     """
-    from cirkit.ann import INDEX_TYPES
-    from cirkit.clip import ClipModel, check_precision
+    from cirkit.gallery.ann import INDEX_TYPES
+    from cirkit.engines.open_clip_engine import ClipModel, check_precision
 
     check_precision(precision)
 
@@ -57,7 +57,7 @@ def index_folder(
     if engine == "local" and (ray_address or ray_actors):
         raise CirkitError("--ray-address and --ray-actors go with --engine ray")
     if engine == "ray":
-        from cirkit.ray_embed import import_ray
+        from cirkit.gallery.ray_embed import import_ray
 
         import_ray()  # a missing Ray is said before any work
 
@@ -69,7 +69,7 @@ def index_folder(
     model = ClipModel(clip, pretrained, device=device, dtype=dtype, precision=precision)
     embedder = None
     if engine == "ray":
-        from cirkit.ray_embed import RayEmbedder
+        from cirkit.gallery.ray_embed import RayEmbedder
 
         embedder = RayEmbedder({"name": clip, "pretrained": pretrained, "dtype": dtype, "precision": precision}, device=device,
                                address=ray_address, actors=ray_actors)

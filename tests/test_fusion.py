@@ -118,7 +118,7 @@ def test_fusion_steps_end_to_end_with_their_trace(tiny_models, gallery, gallery_
 
 def test_gallery_captions_at_index_time_and_in_scoring(tiny_models, gallery, tmp_path, cli):
     from cirkit.api import query
-    from cirkit.gallery_captions import GalleryCaptions
+    from cirkit.gallery.captions import GalleryCaptions
 
     pipeline = write_pipeline(tmp_path / "tiny.yaml", tiny_models)
     out = tmp_path / "idx"

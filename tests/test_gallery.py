@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cirkit import gallery as gallery_mod
+from cirkit.gallery import index as gallery_mod
 from cirkit.errors import CirkitError
 from cirkit.gallery import GalleryIndex
 
@@ -62,7 +62,7 @@ def one_error_line(stderr: str) -> str:
 
 
 def tiny_clip_model(models):
-    from cirkit.clip import ClipModel
+    from cirkit.engines.open_clip_engine import ClipModel
 
     return ClipModel(str(models.clip_config), str(models.clip_checkpoint), device="cpu")
 
@@ -469,7 +469,7 @@ def test_refuses_pretrained_without_clip(cli, small_index, tiny_models, tiny_pip
 
 
 def test_check_model_refuses_another_clip(small_index, other_clip, tiny_models):
-    from cirkit.clip import ClipModel
+    from cirkit.engines.open_clip_engine import ClipModel
 
     _, out = small_index
     index = GalleryIndex.open(out)
@@ -488,7 +488,7 @@ def test_check_model_refuses_another_clip(small_index, other_clip, tiny_models):
 def test_a_clip_model_without_weights_has_the_same_random_weights_every_time(tiny_models):
     import torch
 
-    from cirkit.clip import ClipModel
+    from cirkit.engines.open_clip_engine import ClipModel
 
     vectors = []
     for seed in (1, 2):

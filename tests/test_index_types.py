@@ -1,4 +1,4 @@
-"""Index types (cirkit.ann and `cirkit index --index-type`): flat, HNSW and IVF-PQ, chosen by size.
+"""Index types (cirkit.gallery.ann and `cirkit index --index-type`): flat, HNSW and IVF-PQ, chosen by size.
 
 The module is tested on synthetic clustered vectors (IVF-PQ needs >= 10,000 to train); the gallery
 parts through the real `cirkit index` with the tiny CLIP.
@@ -14,7 +14,7 @@ import faiss
 import numpy as np
 import pytest
 
-from cirkit import ann
+from cirkit.gallery import ann
 from cirkit.errors import CirkitError
 from cirkit.gallery import GalleryIndex
 

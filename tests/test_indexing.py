@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cirkit.clip import ClipModel
+from cirkit.engines.open_clip_engine import ClipModel
 from cirkit.errors import CirkitError
 from cirkit.gallery import build_index
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cirkit import gallery as gallery_mod
+from cirkit.gallery import index as gallery_mod
 from cirkit.errors import CirkitError
 from cirkit.gallery import GalleryIndex, build_index
 
@@ -112,7 +112,7 @@ def shard_contents(directory: Path) -> list[tuple[str, ...]]:
 
 
 def tiny_clip(models):
-    from cirkit.clip import ClipModel
+    from cirkit.engines.open_clip_engine import ClipModel
 
     return ClipModel(str(models.clip_config), str(models.clip_checkpoint), device="cpu")
 
@@ -166,7 +166,7 @@ def test_ray_build_equals_the_local_build(cli, ray_instance, mixed_gallery, loca
 def test_interrupted_ray_build_resumes_from_its_blocks(ray_instance, mixed_gallery, local_reference, tiny_models,
                                                        tiny_pipeline, small_shards, tmp_path):
     from cirkit.api import index_folder
-    from cirkit.ray_embed import RayEmbedder
+    from cirkit.gallery.ray_embed import RayEmbedder
 
     embedder = RayEmbedder({"name": str(tiny_models.clip_config), "pretrained": str(tiny_models.clip_checkpoint)})
 
@@ -208,7 +208,7 @@ def test_a_node_with_other_model_files_is_refused_in_one_line(ray_instance, mixe
                                                                 small_shards, tmp_path, monkeypatch):
     """A worker that loads different weights under the same path would make a mixed index: refused."""
     import tiny_models as tiny_models_mod
-    from cirkit.ray_embed import RayEmbedder
+    from cirkit.gallery.ray_embed import RayEmbedder
 
     monkeypatch.setattr(tiny_models_mod, "SEED", 1)
     _, other_checkpoint = tiny_models_mod.build_tiny_clip(tmp_path / "other")
@@ -250,7 +250,7 @@ def test_an_address_that_does_not_answer_fails_in_one_line_and_leaves_the_index(
 
 def test_engine_ray_without_ray_is_explained_in_one_line(tiny_pipeline, tmp_path):
     """Ray is imported only for --engine ray; where it is missing, the command says how to install it."""
-    from cirkit.ray_embed import ray_missing_message
+    from cirkit.gallery.ray_embed import ray_missing_message
 
     assert "pip install 'cirkit[ray]'" in ray_missing_message()
     as_if_uninstalled = (

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from cirkit.client import free_port, health, wait_until_ready
+from cirkit.serve.client import free_port, health, wait_until_ready
 from conftest import write_pipeline
 
 REPO = Path(__file__).resolve().parents[1]

@@ -93,7 +93,7 @@ def test_every_intermediate_is_right_and_rendered_as_the_template_says(toy_eval)
 def test_both_naive_baselines_score_clearly_lower(toy_eval, toy_index):
     """Retrieving by the modification text alone, or by the reference image alone, fails: the
     composition (caption -> rewrite) is what retrieves."""
-    from cirkit.clip import ClipModel
+    from cirkit.engines.open_clip_engine import ClipModel
     from cirkit.gallery import GalleryIndex
     from cirkit.pipelines import load_pipeline
 

@@ -57,7 +57,7 @@ def index(
         f"indexed {report.count} images into {report.directory} "
         f"({report.embedded} embedded, {report.reused} reused, {report.removed} removed, {len(report.skipped)} skipped)"
     )
-    from cirkit.ann import describe
+    from cirkit.gallery.ann import describe
 
     stdout.print(f"index: {describe(report.index)}{'' if report.index_built else ' (unchanged, kept)'}")
     if report.skipped:
@@ -67,7 +67,7 @@ def index(
         stderr.print(table)
     if captions:
         from cirkit.engines import ModelPool
-        from cirkit.gallery_captions import caption_gallery
+        from cirkit.gallery.captions import caption_gallery
         from cirkit.pipelines import load_pipeline
 
         done = caption_gallery(out, load_pipeline(captions), ModelPool(), progress=True)

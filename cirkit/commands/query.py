@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cirkit.client import PORT_ENV, SERVER_ENV, find_server, remote_query
+from cirkit.serve.client import PORT_ENV, SERVER_ENV, find_server, remote_query
 from cirkit.commands.common import compact, parse_prompt_swaps, print_results
 from cirkit.console import stdout
 from cirkit.errors import CirkitError

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cirkit.client import DEFAULT_HOST, DEFAULT_PORT, PORT_ENV
+from cirkit.serve.client import DEFAULT_HOST, DEFAULT_PORT, PORT_ENV
 
 
 def serve(
@@ -21,6 +21,6 @@ def serve(
 ) -> None:
     """Keep models loaded and answer queries: `cirkit query` uses a running server (warm, seconds) unless --local."""
     from cirkit.pipelines import DEFAULT_PIPELINE
-    from cirkit.server import QueryServer
+    from cirkit.serve.server import QueryServer
 
     QueryServer(host, port).serve(pipeline or [DEFAULT_PIPELINE])

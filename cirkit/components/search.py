@@ -102,7 +102,7 @@ class Search(Component):
 
     def _rescore(self, query: np.ndarray, reference: Any, ranked: list[dict[str, Any]]) -> ItemResult:
         """The candidates scored again: image and gallery-caption similarity, and the editing increment."""
-        from cirkit.gallery_captions import GalleryCaptions
+        from cirkit.gallery.captions import GalleryCaptions
 
         rows = np.array([self.index.row_of[hit["path"]] for hit in ranked], dtype=np.int64)
         images = np.asarray(self.index.vectors[rows], dtype=np.float32)

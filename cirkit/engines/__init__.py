@@ -12,7 +12,7 @@ from cirkit.engines.base import Engine, Generation, GenerationParams, Generation
 def load_model(spec) -> Any:
     """A loaded model for a pipeline's model entry: a generation Engine, or a ClipModel."""
     if spec.type == "clip":
-        from cirkit.clip import ClipModel
+        from cirkit.engines.open_clip_engine import ClipModel
 
         return ClipModel(spec.name, spec.pretrained, device=spec.device, dtype=spec.dtype)
     if spec.engine == "vllm":

@@ -34,7 +34,7 @@ from disk, as in a pipeline:
 Seconds are per query; the ratios (a)/(c) and (b)/(c) are measured within one run (below 1:
 batching is faster). Timings on a shared machine are noisy: the load average is printed.
 
-    python benchmarks/rerank_cost.py --queries 2 --k 10 20 50
+    python speed/rerank_cost.py --queries 2 --k 10 20 50
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Small real architectures with random weights (same FLOPs as trained ones): BLIP 
 ViT-B-32, over a gallery of 64 images. Models are loaded once and stay warm; each query uses a
 fresh reference image so nothing comes from the cache except what the re-run copies.
 
-    python benchmarks/rerun_from_rewrite.py --repeats 3
+    python speed/rerun_from_rewrite.py --repeats 3
 """
 
 from __future__ import annotations

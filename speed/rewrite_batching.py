@@ -5,7 +5,7 @@ random weights has the same FLOPs as the trained model; every answer is forced t
 --new-tokens tokens, so both runs do the same work. Both go through cirkit's rewrite component
 and transformers engine; only batch_size differs.
 
-    python benchmarks/rewrite_batching.py --queries 256 --templates 4
+    python speed/rewrite_batching.py --queries 256 --templates 4
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """cirkit index vs clip-retrieval's `clip-inference`: images/s embedding the same folder with the same model.
 
-The folder is the one of benchmarks/indexing_speed.py (COCO-like JPEGs, drawn once and cached).
+The folder is the one of speed/indexing_speed.py (COCO-like JPEGs, drawn once and cached).
 Both tools run ViT-B-32 from open_clip with random weights, in fp32 on the CPU, with the same batch
 size and the same number of decoding processes:
 
@@ -22,8 +22,8 @@ imports (done before the clock starts) to its last file written: model loading a
 both figures. The forward pass alone is measured in each environment too (same torch version is
 not guaranteed), so each tool's end-to-end figure can be read against its own model speed.
 
-    python benchmarks/vs_clip_retrieval.py                      # 2,000 images
-    python benchmarks/vs_clip_retrieval.py --images 256 --repeats 2
+    python speed/vs_clip_retrieval.py                      # 2,000 images
+    python speed/vs_clip_retrieval.py --images 256 --repeats 2
 
 If clip-retrieval cannot be installed or run, the script says why on one line and exits with 1.
 """
@@ -148,7 +148,7 @@ def main() -> None:
     import torch
 
     from cirkit.api import index_folder
-    from cirkit.clip import ClipModel
+    from cirkit.engines.open_clip_engine import ClipModel
 
     load_before = os.getloadavg()
     cirkit_seconds = cr_seconds = 0.0

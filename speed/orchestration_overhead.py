@@ -7,8 +7,8 @@ takes is "outside". Models are loaded and warmed up first (as in `cirkit serve`)
 a reference image not seen before, so nothing comes from the step cache, except in the "cached"
 row, which repeats earlier queries (every step from the cache: the orchestration alone).
 
-    python benchmarks/orchestration_overhead.py                     # single queries and a batch
-    python benchmarks/orchestration_overhead.py --profile           # plus cProfile of the outside time
+    python speed/orchestration_overhead.py                     # single queries and a batch
+    python speed/orchestration_overhead.py --profile           # plus cProfile of the outside time
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def main() -> None:
     import torch
 
     from cirkit.api import index_folder
-    from cirkit.clip import ClipModel
+    from cirkit.engines.open_clip_engine import ClipModel
     from cirkit.engines import ModelPool
     from cirkit.engines.transformers_engine import TransformersEngine
     from cirkit.gallery import GalleryIndex

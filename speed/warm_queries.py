@@ -10,8 +10,8 @@ Every query is a fresh `cirkit` process with --no-cache and its own reference im
 compute every step; the warm time includes the client's own start (Python, the CLI) and is what a
 user waits for. Cold and warm queries alternate, so both see the same machine load.
 
-    python benchmarks/warm_queries.py --repeats 3
-    python benchmarks/warm_queries.py --sets toy --repeats 5
+    python speed/warm_queries.py --repeats 3
+    python speed/warm_queries.py --sets toy --repeats 5
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def query(pipeline: str, index: Path, image: Path, text: str, env: dict[str, str
 
 
 def measure(name: str, pipeline: str, index: Path, images: list[Path], tmp: Path, repeats: int) -> dict:
-    from cirkit.client import free_port, wait_until_ready
+    from cirkit.serve.client import free_port, wait_until_ready
 
     port = free_port()
     log = tmp / f"serve-{name}.err"

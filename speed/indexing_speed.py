@@ -17,9 +17,9 @@ and the process CPU time, to show where the time goes.
 
 The model has random weights (`pretrained=None`): the same FLOPs as trained weights, no download.
 
-    python benchmarks/indexing_speed.py                         # 2,000 images, ViT-B-32, defaults
-    python benchmarks/indexing_speed.py --images 256 --rounds 2 # a quick look
-    python benchmarks/indexing_speed.py --precision bf16 --workers 1 --batch-size 64
+    python speed/indexing_speed.py                         # 2,000 images, ViT-B-32, defaults
+    python speed/indexing_speed.py --images 256 --rounds 2 # a quick look
+    python speed/indexing_speed.py --precision bf16 --workers 1 --batch-size 64
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def main() -> None:
     import torch
 
     from cirkit.api import index_folder
-    from cirkit.clip import ClipModel
+    from cirkit.engines.open_clip_engine import ClipModel
     from cirkit.images import iter_image_files, load_image
 
     cache = args.dir or Path(tempfile.gettempdir()) / "cirkit-bench" / f"coco-like-{args.images}"

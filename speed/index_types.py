@@ -1,17 +1,17 @@
 """Index types on synthetic CLIP-like vectors: recall@10 against flat, query latency, build time, memory.
 
-    python benchmarks/index_types.py                    # 1M x 768 (about 15-25 min on 2 busy cores)
-    python benchmarks/index_types.py --n 200000         # smaller, for a quick look
-    python benchmarks/index_types.py --types flat,hnsw --json results.json
+    python speed/index_types.py                    # 1M x 768 (about 15-25 min on 2 busy cores)
+    python speed/index_types.py --n 200000         # smaller, for a quick look
+    python speed/index_types.py --types flat,hnsw --json results.json
 
 The vectors are clustered and L2-normalized, d=768 by default: n/500 cluster centres on the sphere,
 each vector a centre plus a variation in a shared 48-dim subspace plus isotropic noise (so
 neighbours cross cluster borders and the within-cluster order depends on all dimensions, which is
 what makes PQ codes lose recall). Queries come from the same distribution, not from the gallery.
 The vectors are written to a .npy file and opened with mmap, as a gallery index does, and the
-approximate types re-score their candidates from it (cirkit.ann.search, the code `cirkit query` runs).
+approximate types re-score their candidates from it (cirkit.gallery.ann.search, the code `cirkit query` runs).
 
-Reported per type, with the params cirkit.ann.choose picks at this size:
+Reported per type, with the params cirkit.gallery.ann.choose picks at this size:
   recall@10     |top 10 ∩ flat's top 10| / 10, mean over the batch of queries (re-scored, as served)
   raw@10        the same for the index's own top 10 without re-scoring (what re-scoring buys)
   build         seconds to build (and train) the FAISS index from the vectors
@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cirkit import ann  # noqa: E402
+from cirkit.gallery import ann  # noqa: E402
 
 
 def synthetic(path: Path, n: int, nq: int, dim: int, seed: int, per_cluster: int = 500, rank: int = 48,

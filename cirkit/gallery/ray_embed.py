@@ -1,6 +1,6 @@
 """Embedding a gallery on a Ray cluster: the `ray` engine of `cirkit index`.
 
-`RayEmbedder` has the signature of the local embedding loop (`cirkit.gallery._embed`): given the
+`RayEmbedder` has the signature of the local embedding loop (`cirkit.gallery.index._embed`): given the
 images to embed, it yields batches of (hashes, vectors, failures), and `build_index` writes them
 into the same cache shards and the same index as a local run.
 
@@ -75,7 +75,7 @@ class RayEmbedder:
 
     def __call__(self, items: list[tuple[str, Path]], clip: Any, batch_size: int, workers: int | None,
                  max_pixels: int) -> Iterator[tuple[list[str], np.ndarray, list[tuple[str, str]]]]:
-        from cirkit import gallery
+        from cirkit.gallery import index as gallery
 
         ray = import_ray()
         started = _connect(ray, self.address)
@@ -139,7 +139,7 @@ class _BlockEmbedder:
 
     def __init__(self, clip_args: dict[str, Any], device: str, identity: dict[str, Any], batch_size: int,
                  workers: int | None, max_pixels: int):
-        from cirkit.clip import ClipModel, clip_identity_text
+        from cirkit.engines.open_clip_engine import ClipModel, clip_identity_text
 
         _quiet_worker()
         where = f"on Ray node {socket.gethostname()}"
@@ -158,7 +158,7 @@ class _BlockEmbedder:
         self.batch_size, self.workers, self.max_pixels = batch_size, workers, max_pixels
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from cirkit.gallery import _embed
+        from cirkit.gallery.index import _embed
 
         payloads = []
         for text in batch["items"]:

@@ -6,7 +6,7 @@ models are shared, so a lock serializes requests. It runs exactly what `cirkit q
 (`cirkit.api.query_many`) in the client's working directory, with the client's run store, index,
 pipeline, prompt swaps and k, so the results, the stored runs and the printed output are the same.
 
-Protocol (version cirkit.client.PROTOCOL), JSON over HTTP/1.0, on 127.0.0.1 by default:
+Protocol (version cirkit.serve.client.PROTOCOL), JSON over HTTP/1.0, on 127.0.0.1 by default:
 
     GET  /health  -> {"service": "cirkit", "protocol": 1, "version", "pid", "ready", "busy",
                       "queries", "model_loads", "models"}
@@ -34,7 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
 from cirkit import __version__
-from cirkit.client import DEFAULT_HOST, PORT_ENV, PROTOCOL, default_port, health, mark_failed
+from cirkit.serve.client import DEFAULT_HOST, PORT_ENV, PROTOCOL, default_port, health, mark_failed
 from cirkit.engines import ModelPool
 from cirkit.errors import CirkitError, one_line
 from cirkit.store import RunStore

@@ -4,7 +4,7 @@ Layout of an index directory:
     manifest.json          model identity, root, entries (path, sha256), skipped files, file names below
     vectors-<digest>.npy   L2-normalized float32 vectors, row i = manifest entry i
     index-<digest>[-<type>].faiss   FAISS inner-product index over those vectors (type and params in
-                           the manifest: flat, hnsw or ivfpq, see cirkit.ann)
+                           the manifest: flat, hnsw or ivfpq, see cirkit.gallery.ann)
     cache/                 embedded vectors by image content hash, written in shards as they come
 
 Building is resumable: after an interruption (Ctrl-C, kill -9) the same command embeds only what
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from cirkit import ann
+from cirkit.gallery import ann
 from cirkit.console import progress_bar
 from cirkit.errors import CirkitError, ImageError, one_line
 from cirkit.images import DEFAULT_MAX_PIXELS, image_sha256, iter_image_files, load_image
@@ -94,7 +94,7 @@ class GalleryIndex:
 
     def check_model(self, identity: dict[str, Any]) -> None:
         """Refuse a query embedded by a CLIP model other than the one that built the index."""
-        from cirkit.clip import clip_identity_text
+        from cirkit.engines.open_clip_engine import clip_identity_text
 
         if identity != self.identity:
             raise CirkitError(
@@ -151,9 +151,9 @@ def build_index(
 
     `files` (paths relative to `images_dir`) restricts the gallery to those images, e.g. a
     benchmark split's gallery; a listed file that does not exist is skipped as missing.
-    `embedder` embeds elsewhere (e.g. `cirkit.ray_embed.RayEmbedder`): called like `_embed`, it yields
+    `embedder` embeds elsewhere (e.g. `cirkit.gallery.ray_embed.RayEmbedder`): called like `_embed`, it yields
     the same batches of (hashes, vectors, failures), in any order.
-    `index_type` (auto, flat, hnsw, ivfpq; see cirkit.ann) and `index_params` (overrides of the
+    `index_type` (auto, flat, hnsw, ivfpq; see cirkit.gallery.ann) and `index_params` (overrides of the
     params chosen by size) default to what the previous build of `out_dir` was asked, else auto.
     The FAISS index is rebuilt from the cached vectors, so switching types embeds nothing.
     """
@@ -409,7 +409,7 @@ def _check_precision(out: Path, precision: str) -> str:
 
 
 def _prepare_out_dir(out: Path, identity: dict[str, Any]) -> None:
-    from cirkit.clip import clip_identity_text
+    from cirkit.engines.open_clip_engine import clip_identity_text
 
     if out.exists() and not out.is_dir():
         raise CirkitError(f"--out {out} is a file, not a directory")

@@ -27,7 +27,7 @@ import numpy as np
 
 from cirkit.console import progress_bar
 from cirkit.errors import CirkitError, ImageError, one_line
-from cirkit.gallery import GalleryIndex, _atomic_write
+from cirkit.gallery.index import GalleryIndex, _atomic_write
 from cirkit.images import load_image
 
 DIRECTORY = "captions"

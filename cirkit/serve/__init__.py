@@ -1,0 +1,1 @@
+"""The serve side: `cirkit serve` keeps models warm (`server`), `cirkit query` reaches it (`client`)."""
