@@ -44,7 +44,7 @@ class CaptionReport:
 
 def caption_gallery(index_dir: str | Path, pipeline: Any, models: Any, *, progress: bool = True) -> CaptionReport:
     """Caption every image of the index with the pipeline's caption step and embed the captions."""
-    from cirkit.pipelines.runner import model_fingerprint
+    from cirkit.pipelines.fingerprint import model_fingerprint
 
     index = GalleryIndex.open(index_dir)
     step = next((s for s in pipeline.steps if s.kind == "caption" and not s.given), None)

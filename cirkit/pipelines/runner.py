@@ -6,16 +6,12 @@ query and earlier outputs, and records every step of every query in the run stor
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
 
 from cirkit.components import ItemResult
 from cirkit.console import stderr
@@ -23,6 +19,7 @@ from cirkit.engines import ModelPool
 from cirkit.errors import CirkitError, ImageError, one_line
 from cirkit.gallery import GalleryIndex
 from cirkit.images import image_sha256, load_image
+from cirkit.pipelines.fingerprint import cache_key, step_hash
 from cirkit.pipelines.spec import Pipeline
 from cirkit.store import RunStore, StepRecord
 
@@ -104,8 +101,8 @@ def run_queries(
             live = _take_given(step, position, todo, live, contexts, run_ids, store, failures)
             continue
         items = {i: {name: contexts[i][source] if source else None for name, source in step.inputs.items()} for i in todo}
-        step_hash = _step_hash(pipeline, step, params) if step.component.cacheable else None  # once per step, not per query
-        keys = {i: _cache_key(step_hash, items[i]) for i in todo} if step_hash else {}
+        hashed = step_hash(pipeline.model_for(step), step, params) if step.component.cacheable else None  # once per step, not per query
+        keys = {i: cache_key(hashed, items[i]) for i in todo} if hashed else {}
         cached = {i: hit for i in todo if use_cache and keys and (hit := store.cache_get(keys[i])) is not None}
         misses = [i for i in todo if i not in cached]
         results: dict[int, ItemResult] = {}
@@ -199,56 +196,6 @@ def _take_given(step, position, todo, live, contexts, run_ids, store, failures) 
 
 def _uses_image(pipeline: Pipeline, start: int) -> bool:
     return any("image" in step.inputs.values() for step in pipeline.steps[start:])
-
-
-def _step_hash(pipeline: Pipeline, step, params):
-    """The part of a step's cache keys that is the same for every query: what it is, which model,
-    how (the model's fingerprint stats its files: done once per step, not once per query)."""
-    h = hashlib.sha256()
-    model_spec = pipeline.model_for(step)
-    parts = [
-        step.kind,
-        json.dumps(params.model_dump(exclude={"batch_size"}), sort_keys=True),
-        model_fingerprint(model_spec) if model_spec else "",
-        *[p.text for p in step.prompts],
-    ]
-    for part in parts:
-        h.update(part.encode() + b"\x00")
-    return h
-
-
-def _cache_key(step_hash, inputs: dict[str, Any]) -> str:
-    """Content address of a step's work on one query: the step's hash, then what it ran on."""
-    h = step_hash.copy()
-    for name in sorted(inputs):
-        h.update(name.encode() + b"=" + _value_digest(inputs[name]) + b"\x00")
-    return h.hexdigest()
-
-
-def _value_digest(value: Any) -> bytes:
-    if isinstance(value, Image.Image):
-        return hashlib.sha256(f"{value.mode}{value.size}".encode() + value.tobytes()).digest()
-    if isinstance(value, np.ndarray):
-        return hashlib.sha256(str(value.dtype).encode() + str(value.shape).encode() + value.tobytes()).digest()
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=_json_default).encode()).digest()
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(type(value).__name__)
-
-
-def model_fingerprint(spec) -> str:
-    """A model entry as it produces outputs (device aside); local files by name, size and mtime."""
-    fields = spec.model_dump(exclude={"device", "max_concurrency", "timeout", "max_retries"})
-    for key in ("id", "name", "pretrained"):
-        value = fields.get(key)
-        if value and Path(value).exists():
-            path = Path(value)
-            files = sorted(path.rglob("*")) if path.is_dir() else [path]
-            fields[key] = [value] + [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
-    return json.dumps(fields, sort_keys=True)
 
 
 def _query_context(query: Query, load: bool = True) -> dict[str, Any]:

@@ -57,7 +57,7 @@ class WarmPool(ModelPool):
         self._names: dict[str, str] = {}
 
     def get(self, spec) -> Any:
-        from cirkit.pipelines.runner import model_fingerprint
+        from cirkit.pipelines.fingerprint import model_fingerprint
 
         key = json.dumps(spec.model_dump(), sort_keys=True)
         fingerprint = model_fingerprint(spec)
