@@ -3,7 +3,8 @@ timings and errors, in one SQLite file under the data directory.
 
 The data directory is `--data-dir`, else $CIRKIT_DATA_DIR, else the platform's user data
 directory (~/.local/share/cirkit on Linux). Each write is its own transaction, so a failing
-step never loses what earlier steps stored.
+step never loses what earlier steps stored. The schema and its upgrades are in cirkit.migrations:
+opening a store written by an older release upgrades it in place.
 """
 
 from __future__ import annotations
@@ -20,69 +21,7 @@ from typing import Any
 import numpy as np
 
 from cirkit.errors import CirkitError, one_line
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id TEXT PRIMARY KEY,
-    created_at TEXT NOT NULL,
-    status TEXT NOT NULL,            -- running | ok | failed
-    pipeline_name TEXT NOT NULL,
-    pipeline_hash TEXT NOT NULL,
-    pipeline_source TEXT NOT NULL,
-    pipeline_text TEXT NOT NULL,
-    index_dir TEXT,
-    inputs TEXT NOT NULL,            -- JSON: image path and sha256, modification text
-    results TEXT,                    -- JSON: ranked gallery images
-    error TEXT,
-    parent_id TEXT,                  -- the run this one was derived from (edit, re-run)
-    change TEXT                      -- JSON: what differs from the parent
-);
-CREATE TABLE IF NOT EXISTS steps (
-    run_id TEXT NOT NULL REFERENCES runs(id),
-    position INTEGER NOT NULL,
-    name TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    status TEXT NOT NULL,            -- ok | failed
-    model TEXT,                      -- JSON: engine, model id, revision, ...
-    params TEXT NOT NULL,            -- JSON
-    templates TEXT NOT NULL,         -- JSON: [{name, source}] of the prompt templates used
-    prompts TEXT NOT NULL,           -- JSON: exactly what was sent to the model
-    raw TEXT NOT NULL,               -- JSON: exactly what the model answered
-    outputs TEXT NOT NULL,           -- JSON: parsed outputs
-    notes TEXT NOT NULL,             -- JSON: fallbacks, truncations, ...
-    seconds REAL NOT NULL,           -- this query's share of the step's batch time
-    error TEXT,
-    origin TEXT NOT NULL,            -- ran | cache | copied (from the parent run) | edited (by hand)
-    PRIMARY KEY (run_id, position)
-);
--- step outputs by content address (step kind, model, params, templates, inputs)
-CREATE TABLE IF NOT EXISTS cache (
-    key TEXT PRIMARY KEY,
-    record TEXT NOT NULL,            -- JSON of the step record that produced it
-    created_at TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS runs_created ON runs(created_at);
--- an evaluation: one benchmark split run through one pipeline, with every query's run
-CREATE TABLE IF NOT EXISTS experiments (
-    id TEXT PRIMARY KEY,
-    created_at TEXT NOT NULL,
-    benchmark TEXT NOT NULL,
-    split TEXT NOT NULL,
-    pipeline_name TEXT NOT NULL,
-    pipeline_hash TEXT NOT NULL,
-    data_dir TEXT NOT NULL,
-    index_dir TEXT NOT NULL,
-    metrics TEXT NOT NULL            -- JSON
-);
-CREATE TABLE IF NOT EXISTS experiment_runs (
-    experiment_id TEXT NOT NULL REFERENCES experiments(id),
-    query_id TEXT NOT NULL,
-    run_id TEXT NOT NULL REFERENCES runs(id),
-    target_rank INTEGER,             -- first target's rank under the protocol; NULL: not in the ranking
-    PRIMARY KEY (experiment_id, query_id)
-);
-"""
-
+from cirkit.migrations import check_version, migrate
 
 def default_data_dir() -> Path:
     from platformdirs import user_data_dir
@@ -128,6 +67,7 @@ class RunRecord:
     steps: list[StepRecord]
     parent_id: str | None = None
     change: dict[str, Any] | None = None
+    overrides: dict[str, Any] | None = None  # what the command line replaced: {"models": {...}, "prompts": {...}}
 
     def step(self, name: str) -> StepRecord:
         for step in self.steps:
@@ -148,6 +88,7 @@ class RunRecord:
             "error": self.error,
             "parent_id": self.parent_id,
             "change": self.change,
+            "overrides": self.overrides,
         }
         if with_pipeline_text:
             data["pipeline"]["text"] = self.pipeline_text
@@ -160,65 +101,73 @@ class RunStore:
         self.path = self.data_dir / "runs.sqlite3"
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CirkitError(f"cannot open the run store {self.path}: {one_line(exc)}") from None
+        try:
             self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise CirkitError(f"cannot open the run store {self.path}: {one_line(exc)}") from None
+        try:
+            check_version(self.db, self.path)  # before anything writes to a store this code cannot read
             self.db.execute("PRAGMA journal_mode=WAL")
             # WAL + NORMAL: a commit does not wait for fsync (ms per write, dozens of writes per query);
             # a crash or kill -9 of the process loses nothing, a power cut may lose the last writes,
             # and the file is never corrupted either way.
             self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.executescript(SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
+            migrate(self.db, self.path)
+        except sqlite3.Error as exc:
+            self.db.close()
+            if "not a database" in str(exc):
+                raise CirkitError(f"the run store {self.path} is not a SQLite database: move it away, or give another --data-dir") from None
             raise CirkitError(f"cannot open the run store {self.path}: {one_line(exc)}") from None
+        except BaseException:
+            self.db.close()
+            raise
         self.db.row_factory = sqlite3.Row
 
     def close(self) -> None:
         self.db.close()
 
     def start_run(
-        self, *, pipeline, inputs: dict[str, Any], index_dir: str | None, parent_id: str | None = None, change: dict | None = None
+        self, *, pipeline, inputs: dict[str, Any], index_dir: str | None, parent_id: str | None = None,
+        change: dict | None = None, overrides: dict[str, Any] | None = None,
     ) -> str:
+        """A new run in status 'running'; `overrides`: what the command line replaced (models, prompts)."""
         run_id = uuid.uuid4().hex[:12]
-        self.db.execute(
-            "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                run_id,
-                _now(),
-                "running",
-                pipeline.name,
-                pipeline.hash,
-                pipeline.source,
-                pipeline.text,
-                index_dir,
-                _dumps(inputs),
-                None,
-                None,
-                parent_id,
-                _dumps(change) if change else None,
-            ),
-        )
+        _insert(self.db, "runs", {
+            "id": run_id,
+            "created_at": _now(),
+            "status": "running",
+            "pipeline_name": pipeline.name,
+            "pipeline_hash": pipeline.hash,
+            "pipeline_source": pipeline.source,
+            "pipeline_text": pipeline.text,
+            "index_dir": index_dir,
+            "inputs": _dumps(inputs),
+            "parent_id": parent_id,
+            "change": _dumps(change) if change else None,
+            "overrides": _dumps(overrides) if overrides else None,
+        })
         return run_id
 
     def add_step(self, run_id: str, step: StepRecord) -> None:
-        self.db.execute(
-            "INSERT INTO steps VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                run_id,
-                step.position,
-                step.name,
-                step.kind,
-                step.status,
-                _dumps(step.model),
-                _dumps(step.params),
-                _dumps(step.templates),
-                _dumps(step.prompts),
-                _dumps(step.raw),
-                _dumps(step.outputs),
-                _dumps(step.notes),
-                step.seconds,
-                step.error,
-                step.origin,
-            ),
-        )
+        _insert(self.db, "steps", {
+            "run_id": run_id,
+            "position": step.position,
+            "name": step.name,
+            "kind": step.kind,
+            "status": step.status,
+            "model": _dumps(step.model),
+            "params": _dumps(step.params),
+            "templates": _dumps(step.templates),
+            "prompts": _dumps(step.prompts),
+            "raw": _dumps(step.raw),
+            "outputs": _dumps(step.outputs),
+            "notes": _dumps(step.notes),
+            "seconds": step.seconds,
+            "error": step.error,
+            "origin": step.origin,
+        })
 
     def cache_get(self, key: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT record FROM cache WHERE key=?", (key,)).fetchone()
@@ -226,7 +175,7 @@ class RunStore:
 
     def cache_put(self, key: str, step: StepRecord) -> None:
         record = {k: v for k, v in vars(step).items() if k not in ("position", "name", "origin")}
-        self.db.execute("INSERT OR REPLACE INTO cache VALUES (?,?,?)", (key, _dumps(record), _now()))
+        _insert(self.db, "cache", {"key": key, "record": _dumps(record), "created_at": _now()}, or_replace=True)
 
     def finish_run(self, run_id: str, *, results: list[dict[str, Any]] | None, error: str | None) -> None:
         self.db.execute(
@@ -279,6 +228,7 @@ class RunStore:
             steps=steps,
             parent_id=row["parent_id"],
             change=json.loads(row["change"]) if row["change"] else None,
+            overrides=json.loads(row["overrides"]) if row["overrides"] else None,
         )
 
     def add_experiment(self, *, benchmark: str, split: str, pipeline, data_dir: str, index_dir: str,
@@ -287,12 +237,14 @@ class RunStore:
         exp_id = "e" + uuid.uuid4().hex[:11]
         with self.db:
             self.db.execute("BEGIN")
-            self.db.execute(
-                "INSERT INTO experiments VALUES (?,?,?,?,?,?,?,?,?)",
-                (exp_id, _now(), benchmark, split, pipeline.name, pipeline.hash, data_dir, index_dir, _dumps(metrics)),
-            )
+            _insert(self.db, "experiments", {
+                "id": exp_id, "created_at": _now(), "benchmark": benchmark, "split": split,
+                "pipeline_name": pipeline.name, "pipeline_hash": pipeline.hash, "data_dir": data_dir,
+                "index_dir": index_dir, "metrics": _dumps(metrics),
+            })
             self.db.executemany(
-                "INSERT INTO experiment_runs VALUES (?,?,?,?)", [(exp_id, q, r, rank) for q, r, rank in runs]
+                "INSERT INTO experiment_runs (experiment_id, query_id, run_id, target_rank) VALUES (?, ?, ?, ?)",
+                [(exp_id, q, r, rank) for q, r, rank in runs],
             )
         return exp_id
 
@@ -342,6 +294,11 @@ class RunStore:
             }
             for r in rows
         ]
+
+
+def _insert(db: sqlite3.Connection, table: str, row: dict[str, Any], *, or_replace: bool = False) -> None:
+    verb = "INSERT OR REPLACE" if or_replace else "INSERT"
+    db.execute(f"{verb} INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
 
 
 def _now() -> str:
