@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from cirkit.commands.catalog import pipelines_app, prompts_app
 from cirkit.commands.common import DataDir
+from cirkit.commands.components import components_app
 from cirkit.commands.demo import demo
 from cirkit.commands.eval import SUBCOMMANDS as EVAL_SUBCOMMANDS
 from cirkit.commands.eval import eval_app
@@ -35,6 +36,7 @@ app.command()(index)
 app.command()(query)
 app.command()(report)
 app.command()(serve)
+app.add_typer(components_app, name="components")
 app.add_typer(pipelines_app, name="pipelines")
 app.add_typer(prompts_app, name="prompts")
 app.add_typer(runs_app, name="runs")

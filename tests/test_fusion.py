@@ -89,7 +89,7 @@ def test_a_pdv_step_without_caption_vectors_wired_is_refused(tiny_models, tmp_pa
 
     text = _fusion_pipeline(tmp_path / "p.yaml", tiny_models).read_text().replace(", inputs: {caption_vectors: embed_caption.query_vectors}", "")
     (tmp_path / "q.yaml").write_text(text)
-    with pytest.raises(CirkitError, match=r"step 'pdv': field 'inputs.caption_vectors': a pdv step needs its input 'caption_vectors' wired"):
+    with pytest.raises(CirkitError, match=r"step 'pdv': field 'inputs.caption_vectors': a pdv step needs its input 'caption_vectors' \(vectors\) wired"):
         load_pipeline(tmp_path / "q.yaml")
 
 

@@ -28,7 +28,7 @@ Typical use::
 
 from cirkit.benchmarks.base import Benchmark, Box, CirQuery, ImageCheck
 from cirkit.benchmarks.evaluation import evaluate, evaluate_group, score_predictions
-from cirkit.benchmarks.genecis import crop_box, crop_instance
+from cirkit.benchmarks.crops import crop_box, crop_instance
 from cirkit.benchmarks.metrics import (
     average_precision_at_k,
     circo_metrics,

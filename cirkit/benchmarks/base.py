@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cirkit.benchmarks.crops import Box
 from cirkit.errors import CirkitError
-
-Box = tuple[float, float, float, float]  # x, y, width, height (pixels), as in GeneCIS/VAW
 
 
 @dataclass(frozen=True)
@@ -113,7 +112,7 @@ class Benchmark:
             raise ImageError(f"{path}: {e}") from None
         box = self.boxes.get(name)
         if box is not None:
-            from cirkit.benchmarks.genecis import crop_instance
+            from cirkit.benchmarks.crops import crop_instance
 
             image = crop_instance(image, box)
         return image

@@ -67,7 +67,7 @@ def index(
         stderr.print(table)
     if captions:
         from cirkit.engines import ModelPool
-        from cirkit.gallery.captions import caption_gallery
+        from cirkit.pipelines.gallery_captions import caption_gallery
         from cirkit.pipelines import load_pipeline
 
         done = caption_gallery(out, load_pipeline(captions), ModelPool(), progress=True)

@@ -7,12 +7,10 @@ from cirkit.components.fuse import Fuse, Pdv
 from cirkit.components.rerank import Rerank
 from cirkit.components.rewrite import Rewrite
 from cirkit.components.search import Search
-
-# The values a query brings: the reference image (loaded, RGB) and the modification text.
-QUERY_INPUTS = ("image", "modification")
+from cirkit.components.values import QUERY_VALUES, VALUE_TYPES, Port
 
 COMPONENTS: dict[str, type[Component]] = {
     c.kind: c for c in (Caption, Rewrite, Embed, EmbedImage, Fuse, Pdv, Search, Rerank)
 }
 
-__all__ = ["COMPONENTS", "QUERY_INPUTS", "Component", "ItemResult"]
+__all__ = ["COMPONENTS", "QUERY_VALUES", "VALUE_TYPES", "Component", "ItemResult", "Port"]

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from cirkit.components.values import Port
 from cirkit.errors import PartialGenerationError
 
 
@@ -34,12 +35,8 @@ class ItemResult:
 class Component:
     kind: ClassVar[str]
     description: ClassVar[str] = ""
-    # input name -> the value it reads by default (a query input or an earlier step's output);
-    # None: no default, the pipeline file wires it (`inputs: {name: STEP.OUTPUT}`)
-    inputs: ClassVar[dict[str, str | None]] = {}
-    # inputs that may stay unwired; the component then gets None for them
-    optional_inputs: ClassVar[tuple[str, ...]] = ()
-    outputs: ClassVar[tuple[str, ...]] = ()
+    inputs: ClassVar[dict[str, Port]] = {}
+    outputs: ClassVar[dict[str, str]] = {}  # output name -> value type
     # model types the step's model may have; empty when the component uses no model
     model_types: ClassVar[tuple[str, ...]] = ()
     # variables the component fills in its prompt template; None when it takes no prompt
@@ -63,6 +60,11 @@ class Component:
     @classmethod
     def check(cls, params: BaseModel, wiring: dict[str, str | None]) -> None:
         """Raise ValueError when the params need an input the file left unwired."""
+
+    @classmethod
+    def for_request(cls, params: BaseModel, *, k: int | None) -> BaseModel:
+        """The params for a request that asks for `k` results (a component that ranks goes at least that deep)."""
+        return params
 
     @classmethod
     def given_outputs(cls, value: str | list[str]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import Field
 
 from cirkit.components.base import Component, ItemResult, clean_text, generate_keeping_answers
+from cirkit.components.values import Port
 from cirkit.engines.base import GenerationParams, GenerationRequest
 
 
@@ -18,8 +19,8 @@ class CaptionParams(GenerationParams):
 class Caption(Component):
     kind = "caption"
     description = "Describe an image with a vision-language model."
-    inputs = {"image": "image"}
-    outputs = ("caption",)
+    inputs = {"image": Port("image", "image")}
+    outputs = {"caption": "text"}
     model_types = ("vlm",)
     prompt_variables = ()
     Params = CaptionParams

@@ -8,6 +8,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from cirkit.components.base import Component, ItemResult
+from cirkit.components.values import Port
 
 
 class EmbedParams(BaseModel):
@@ -18,8 +19,8 @@ class EmbedParams(BaseModel):
 class Embed(Component):
     kind = "embed"
     description = "Embed texts with CLIP (L2-normalized), one vector per text."
-    inputs = {"texts": "descriptions"}
-    outputs = ("query_vectors",)
+    inputs = {"texts": Port("texts", "descriptions")}
+    outputs = {"query_vectors": "vectors"}
     model_types = ("clip",)
     Params = EmbedParams
 
@@ -43,8 +44,8 @@ class Embed(Component):
 class EmbedImage(Component):
     kind = "embed_image"
     description = "Embed the reference image with CLIP (L2-normalized), for fusion with the text."
-    inputs = {"image": "image"}
-    outputs = ("image_vectors",)
+    inputs = {"image": Port("image", "image")}
+    outputs = {"image_vectors": "vectors"}
     model_types = ("clip",)
     Params = EmbedParams
 

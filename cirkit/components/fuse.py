@@ -19,6 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from cirkit.components.base import Component, ItemResult
+from cirkit.components.values import Port
 
 
 def normalize(vector: np.ndarray) -> np.ndarray:
@@ -52,8 +53,8 @@ class FuseParams(BaseModel):
 class Fuse(Component):
     kind = "fuse"
     description = "Weighted fusion of the text and reference image vectors (WeiMoCIR)."
-    inputs = {"text_vectors": "query_vectors", "image_vectors": "image_vectors"}
-    outputs = ("query_vectors",)
+    inputs = {"text_vectors": Port("vectors", "query_vectors"), "image_vectors": Port("vectors", "image_vectors")}
+    outputs = {"query_vectors": "vectors"}
     Params = FuseParams
 
     def run(self, items: list[dict[str, Any]]) -> list[ItemResult]:
@@ -76,8 +77,12 @@ class PdvParams(BaseModel):
 class Pdv(Component):
     kind = "pdv"
     description = "Prompt directional vectors: move text and image along rewrite - caption, then fuse."
-    inputs = {"text_vectors": "query_vectors", "caption_vectors": None, "image_vectors": "image_vectors"}
-    outputs = ("query_vectors",)
+    inputs = {
+        "text_vectors": Port("vectors", "query_vectors"),
+        "caption_vectors": Port("vectors"),
+        "image_vectors": Port("vectors", "image_vectors"),
+    }
+    outputs = {"query_vectors": "vectors"}
     Params = PdvParams
 
     def run(self, items: list[dict[str, Any]]) -> list[ItemResult]:

@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import Field
 
 from cirkit.components.base import Component, ItemResult, clean_text, generate_keeping_answers
+from cirkit.components.values import Port
 from cirkit.engines.base import GenerationParams, GenerationRequest
 from cirkit.errors import ImageError
 from cirkit.images import load_image
@@ -42,8 +43,13 @@ class RerankParams(GenerationParams):
 class Rerank(Component):
     kind = "rerank"
     description = "Judge the top-K candidates with a multimodal LLM (yes/no) and reorder them."
-    inputs = {"image": "image", "modification": "modification", "description": "description", "results": "results"}
-    outputs = ("results", "verdicts")
+    inputs = {
+        "image": Port("image", "image"),
+        "modification": Port("text", "modification"),
+        "description": Port("text", "description"),
+        "results": Port("results", "results"),
+    }
+    outputs = {"results": "results", "verdicts": "verdicts"}
     model_types = ("vlm",)
     prompt_variables = ("modification", "description")
     Params = RerankParams

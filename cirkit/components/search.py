@@ -21,6 +21,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cirkit.components.base import Component, ItemResult
+from cirkit.components.values import Port
 
 
 class IncrementParams(BaseModel):
@@ -63,11 +64,14 @@ class SearchParams(BaseModel):
 class Search(Component):
     kind = "search"
     description = "Rank the gallery by cosine similarity; fuse an ensemble of query vectors."
-    inputs = {"query_vectors": "query_vectors", "reference_vectors": None}
-    optional_inputs = ("reference_vectors",)
-    outputs = ("results",)
+    inputs = {"query_vectors": Port("vectors", "query_vectors"), "reference_vectors": Port("vectors", optional=True)}
+    outputs = {"results": "results"}
     Params = SearchParams
     cacheable = False  # cheap, and it depends on the gallery index
+
+    @classmethod
+    def for_request(cls, params: SearchParams, *, k: int | None) -> SearchParams:
+        return params.model_copy(update={"k": k}) if k is not None and k > params.k else params
 
     @classmethod
     def check(cls, params: SearchParams, wiring: dict[str, str | None]) -> None:

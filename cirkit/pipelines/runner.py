@@ -10,7 +10,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 from cirkit.components import ItemResult
@@ -57,6 +57,7 @@ def run_queries(
     raise_on_failure: bool = True,
     use_cache: bool = True,
     prefilled: list[Prefilled | None] | None = None,
+    on_event: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> list[str]:
     """Run the pipeline over the queries, each step once for the whole batch; returns the run ids
     in query order.
@@ -65,7 +66,11 @@ def run_queries(
     templates) already ran on the same inputs, unless use_cache is False. Bad input raises
     CirkitError before anything is stored. A failing step is stored with its runs; then CirkitError
     is raised, unless raise_on_failure is False.
+
+    `on_event(event, data)` is told ("run", {"run_id"}) as each run is started and ("step",
+    {"run_id", "step"}) before each step record is stored; an exception it raises stops the runs.
     """
+    tell = on_event or (lambda event, data: None)
     models = models or ModelPool()
     prefilled = prefilled or [None] * len(queries)
     needs_image = any("image" in step.inputs.values() for step in pipeline.steps)
@@ -83,8 +88,10 @@ def run_queries(
             parent_id=pre.parent_id if pre else None,
             change=pre.change if pre else None,
         )
+        tell("run", {"run_id": run_id})
         if pre:
             for record in pre.steps:
+                tell("step", {"run_id": run_id, "step": record.name})
                 store.add_step(run_id, record)
             ctx.update(pre.values)
         run_ids.append(run_id)
@@ -94,11 +101,9 @@ def run_queries(
         todo = [i for i in live if prefilled[i] is None or position >= prefilled[i].start]
         if not todo:
             continue
-        params = step.params
-        if step.kind == "search" and k is not None and k > params.k:
-            params = params.model_copy(update={"k": k})
+        params = step.component.for_request(step.params, k=k)
         if step.given:
-            live = _take_given(step, position, todo, live, contexts, run_ids, store, failures)
+            live = _take_given(step, position, todo, live, contexts, run_ids, store, failures, tell)
             continue
         items = {i: {name: contexts[i][source] if source else None for name, source in step.inputs.items()} for i in todo}
         hashed = step_hash(pipeline.model_for(step), step, params) if step.component.cacheable else None  # once per step, not per query
@@ -112,19 +117,12 @@ def run_queries(
             start = time.perf_counter()
             label = f"{step.name}: {step.kind} x {len(misses)}"
             with stderr.status(label, spinner="dots") if progress else nullcontext():
-                try:
-                    model_spec = pipeline.model_for(step)
-                    model = models.get(model_spec) if model_spec else None
-                    model_info = model.describe() if model is not None else None
-                    component = step.component(params, model=model, prompts=step.prompts, index=index)
-                    results = dict(zip(misses, component.run([items[i] for i in misses])))
-                except CirkitError as exc:
-                    results = {i: ItemResult(error=str(exc)) for i in misses}
-                except Exception as exc:  # a model or library failure: stored with the run, reported as one line
-                    results = {i: ItemResult(error=f"{type(exc).__name__}: {one_line(exc)}") for i in misses}
+                model_info, answers = run_step(step, params, pipeline.model_for(step), models, [items[i] for i in misses], index)
+                results = dict(zip(misses, answers))
             share = (time.perf_counter() - start) / len(misses)
         still_live = [i for i in live if i not in todo]
         for i in todo:
+            tell("step", {"run_id": run_ids[i], "step": step.name})
             if i in cached:
                 record = StepRecord.from_cache(cached[i], position=position, name=step.name)
             else:
@@ -165,7 +163,22 @@ def run_queries(
     return run_ids
 
 
-def _take_given(step, position, todo, live, contexts, run_ids, store, failures) -> list[int]:
+def run_step(step, params, model_spec, models: ModelPool, items: list[dict[str, Any]], index: Any = None) -> tuple[dict | None, list[ItemResult]]:
+    """One step over a batch of inputs: the model's description and one result per item. A failure
+    becomes every item's error (stored with the runs, reported as one line)."""
+    model_info = None
+    try:
+        model = models.get(model_spec) if model_spec else None
+        model_info = model.describe() if model is not None else None
+        component = step.component(params, model=model, prompts=step.prompts, index=index)
+        return model_info, component.run(items)
+    except CirkitError as exc:
+        return model_info, [ItemResult(error=str(exc)) for _ in items]
+    except Exception as exc:
+        return model_info, [ItemResult(error=f"{type(exc).__name__}: {one_line(exc)}") for _ in items]
+
+
+def _take_given(step, position, todo, live, contexts, run_ids, store, failures, tell) -> list[int]:
     """A step whose texts come from a file: keyed by query id, else reference image name or stem."""
     source, texts = step.given
     still_live = [i for i in live if i not in todo]
@@ -182,6 +195,7 @@ def _take_given(step, position, todo, live, contexts, run_ids, store, failures) 
             params={}, templates=[], prompts=[], raw=[], outputs=outputs, notes=[f"given: {source} [{key}]"] if key else [],
             seconds=0.0, error=error, origin="given",
         )
+        tell("step", {"run_id": run_ids[i], "step": step.name})
         store.add_step(run_ids[i], record)
         if error:
             store.finish_run(run_ids[i], results=None, error=f"step '{step.name}' failed: {error}")

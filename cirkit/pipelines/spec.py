@@ -12,7 +12,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from cirkit.components import COMPONENTS, QUERY_INPUTS
+from cirkit.components import COMPONENTS, QUERY_VALUES
+from cirkit.components.values import accepts
 from cirkit.errors import CirkitError, one_line
 from cirkit.prompts import Prompt, load_prompt
 
@@ -157,6 +158,31 @@ class Pipeline:
                 return spec
         raise CirkitError(f"{self.source}: no step uses a clip model, so it cannot search a gallery")
 
+    def wiring(self) -> list[dict[str, Any]]:
+        """Each step's inputs resolved to the query value or the earlier step output they read, with types."""
+        producers = {name: f"query.{name}" for name in QUERY_VALUES}
+        types = dict(QUERY_VALUES)
+        out = []
+        for step in self.steps:
+            inputs = {}
+            for name, source in step.inputs.items():
+                if source is None:
+                    continue
+                origin = producers.get(source, source)
+                inputs[name] = {"from": origin, "type": types.get(source, step.component.inputs[name].type)}
+            outputs = dict(step.component.outputs)
+            for name, value_type in outputs.items():
+                producers[name] = producers[f"{step.name}.{name}"] = f"{step.name}.{name}"
+                types[name] = types[f"{step.name}.{name}"] = value_type
+            model = self.model_for(step)
+            out.append({
+                "step": step.name, "kind": step.kind, "model": step.spec.model,
+                "model_id": (model.id or model.name) if model else None,
+                "prompts": [p.name for p in step.prompts], "given": step.given[0] if step.given else None,
+                "inputs": inputs, "outputs": outputs,
+            })
+        return out
+
     def step(self, name: str) -> Step:
         for step in self.steps:
             if step.name == name:
@@ -214,7 +240,7 @@ def validate_pipeline(
     if unknown:
         raise CirkitError(f"--prompt names no step of pipeline '{spec.name}': {', '.join(sorted(unknown))}")
 
-    available = set(QUERY_INPUTS)
+    available: dict[str, str] = dict(QUERY_VALUES)  # value name -> value type
     seen: set[str] = set()
     steps = []
     for spec_step in spec.steps:
@@ -287,28 +313,39 @@ def validate_pipeline(
                 f"{where}: field 'inputs': a {spec_step.kind} step has no input(s) {', '.join(sorted(unknown_inputs))} "
                 f"(its inputs: {', '.join(component.inputs)})"
             )
-        wiring = {name: spec_step.inputs.get(name, default) for name, default in component.inputs.items()}
+        wiring = {name: spec_step.inputs.get(name, port.default) for name, port in component.inputs.items()}
         for name, value_name in wiring.items():
+            port = component.inputs[name]
             if value_name is None:
-                if name in component.optional_inputs:
+                if port.optional:
                     continue
                 raise CirkitError(
-                    f"{where}: field 'inputs.{name}': a {spec_step.kind} step needs its input '{name}' wired, "
-                    f"e.g. inputs: {{{name}: STEP.OUTPUT}} (available: {', '.join(sorted(available))})"
+                    f"{where}: field 'inputs.{name}': a {spec_step.kind} step needs its input '{name}' ({port.type}) wired, "
+                    f"e.g. inputs: {{{name}: STEP.OUTPUT}} (available: {_listing(available, port.type)})"
                 )
             if value_name not in available:
                 raise CirkitError(
                     f"{where}: field 'inputs.{name}': no earlier step produces '{value_name}' "
-                    f"(available: {', '.join(sorted(available))})"
+                    f"(available: {_listing(available, port.type)})"
+                )
+            if not accepts(port.type, available[value_name]):
+                raise CirkitError(
+                    f"{where}: field 'inputs.{name}': '{value_name}' is of type {available[value_name]}, the input takes "
+                    f"{port.type} (available of that type: {_listing(available, port.type)})"
                 )
         try:
             component.check(params, wiring)
         except ValueError as exc:
             raise CirkitError(f"{where}: {exc}") from None
-        for out in component.outputs:
-            available |= {out, f"{spec_step.name}.{out}"}
+        for out, value_type in component.outputs.items():
+            available[out] = available[f"{spec_step.name}.{out}"] = value_type
         steps.append(Step(spec_step, params, prompts, wiring, given))
     return Pipeline(spec, steps, source, text)
+
+
+def _listing(available: dict[str, str], value_type: str) -> str:
+    fitting = sorted(name for name, t in available.items() if accepts(value_type, t))
+    return ", ".join(fitting) or "none"
 
 
 def _read_given(ref: str, base_dir: Path, where: str) -> tuple[str, dict[str, Any]]:
