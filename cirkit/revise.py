@@ -2,7 +2,9 @@
 
 A revision never changes the original run: it is stored as a new run linked to it (parent_id),
 with the steps before the change copied, the edited step marked as edited by hand, and the steps
-after it run again (from the cache where their inputs did not change).
+after it run again (from the cache where their inputs did not change). It runs the pipeline text
+stored with the original run, not the file it came from (which may have changed or gone since),
+unless another pipeline is given.
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from cirkit.engines import ModelPool
 from cirkit.errors import CirkitError, one_line
 from cirkit.gallery import GalleryIndex
-from cirkit.pipelines import load_pipeline
+from cirkit.pipelines import Pipeline, load_pipeline
+from cirkit.pipelines.spec import BUILTIN_DIR, validate_pipeline
 from cirkit.pipelines.runner import Prefilled, Query, run_queries
 from cirkit.store import RunRecord, RunStore, StepRecord
 
@@ -26,7 +31,7 @@ class Revision:
     """One change to apply to a stored run: edit a step's text, or re-run from a step."""
 
     run_id: str
-    step: str
+    step: str | None  # None: the pipeline's first step
     text: str | None = None  # None: re-run from `step` without editing
 
 
@@ -43,8 +48,10 @@ def revise(
 ) -> list[str]:
     """Apply the revisions (batched per pipeline); returns the new run ids in order.
 
-    Each new run uses the original's pipeline file unless `pipeline` is given, with `prompts`
-    swapped in; validation problems raise CirkitError before anything is stored.
+    Each new run uses the pipeline text stored with the original unless `pipeline` (a file or a
+    built-in name) is given, with `prompts` swapped in; where the original's pipeline file changed
+    since, the new run's change says so under "note". Validation problems raise CirkitError before
+    anything is stored.
     """
     plans = [_plan(store, r, pipeline, prompts) for r in revisions]
     run_ids: list[str | None] = [None] * len(plans)
@@ -73,11 +80,13 @@ def revise(
 
 def _plan(store: RunStore, revision: Revision, pipeline_ref, prompts) -> dict[str, Any]:
     run = store.get(revision.run_id)
-    ref = pipeline_ref or run.pipeline_source
-    if pipeline_ref is None and not Path(ref).is_file():
-        raise CirkitError(f"run {run.id}: its pipeline file {ref} is gone; give --pipeline")
-    pipe = load_pipeline(ref, prompts)
-    step = pipe.step(revision.step)
+    note = None
+    if pipeline_ref is not None:
+        pipe = load_pipeline(pipeline_ref, prompts)
+    else:
+        pipe = stored_pipeline(run, prompts)
+        note = _source_note(run)
+    step = pipe.step(revision.step) if revision.step else pipe.steps[0]
     start = pipe.steps.index(step)
     for earlier in pipe.steps[:start]:
         stored = _stored_step(run, earlier.name)
@@ -92,6 +101,8 @@ def _plan(store: RunStore, revision: Revision, pipeline_ref, prompts) -> dict[st
         change["prompts"] = prompts
     if pipeline_ref is not None:
         change["pipeline"] = str(pipeline_ref)
+    if note:
+        change["note"] = note
     if revision.text is not None:
         text = revision.text.strip()
         if not text:
@@ -124,6 +135,37 @@ def _plan(store: RunStore, revision: Revision, pipeline_ref, prompts) -> dict[st
         "query": query,
         "prefilled": Prefilled(start=start, steps=copied, values=values, parent_id=run.id, change=change),
     }
+
+
+def stored_pipeline(run: RunRecord, prompts: dict[str, list[str]] | None = None) -> Pipeline:
+    """The pipeline as the run ran it: its stored text, validated again, with `prompts` swapped in.
+    Relative paths in it resolve against the folder of the file it came from."""
+    source = run.pipeline_source
+    base_dir = Path(source).parent
+    if not base_dir.is_dir() and base_dir.parts[-2:] == BUILTIN_DIR.parts[-2:]:
+        base_dir = BUILTIN_DIR  # a built-in pipeline of a cirkit installed elsewhere since
+    try:
+        data = yaml.safe_load(run.pipeline_text)
+    except yaml.YAMLError as exc:
+        raise CirkitError(f"run {run.id}: its stored pipeline is not valid YAML ({one_line(exc)}); give --pipeline") from None
+    try:
+        return validate_pipeline(data, source, run.pipeline_text, base_dir, prompts or {})
+    except CirkitError as exc:
+        raise CirkitError(f"run {run.id}: its stored pipeline no longer validates: {one_line(exc)}; give --pipeline") from None
+
+
+def _source_note(run: RunRecord) -> str | None:
+    """A line saying the run's pipeline file differs from the text stored with it, if it does."""
+    path = Path(run.pipeline_source)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return f"pipeline file {path} is gone since run {run.id}; using the stored text"
+    except (OSError, UnicodeDecodeError):
+        return f"pipeline file {path} cannot be read; using the text stored with run {run.id}"
+    if text != run.pipeline_text:
+        return f"pipeline file {path} changed since run {run.id}; using the stored text"
+    return None
 
 
 def _stored_step(run: RunRecord, name: str) -> StepRecord:

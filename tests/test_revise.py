@@ -209,3 +209,45 @@ def test_export(cli, tmp_path, gallery, gallery_index, tiny_pipeline):
     assert rows[0] == _show(cli, a["id"])
     res = cli("runs", "export", b["id"], "--out", out)
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [b["id"]]
+
+
+def test_rerun_uses_the_stored_pipeline_text_unless_given_another(cli, tmp_path, gallery, gallery_index, tiny_models):
+    path = write_pipeline(tmp_path / "mine.yaml", tiny_models)
+    run = _query(cli, gallery_index, gallery / "img0004.jpg", path)
+    original = _show(cli, run["id"])
+    stored_text = original["pipeline"]["text"]
+    path.write_text(stored_text.replace("prompt: cirevl-rewrite,", "prompt: cirevl-rewrite-short,"))
+
+    res = cli("runs", "rerun", run["id"], "--from", "rewrite")
+    assert res.exit_code == 0, res.stderr
+    assert f"pipeline file {path} changed since run {run['id']}; using the stored text" in res.stderr
+    new = _show(cli, json.loads(cli("runs", "list", "--json").stdout)[0]["id"])
+    assert new["parent_id"] == run["id"]
+    assert new["pipeline"]["text"] == stored_text and new["pipeline"]["hash"] == original["pipeline"]["hash"]
+    assert new["steps"][1]["templates"][0]["name"] == "cirevl-rewrite"
+    assert "changed since run" in new["change"]["note"]
+
+    # with --pipeline, the file as it is now
+    res = cli("runs", "rerun", run["id"], "--from", "rewrite", "--pipeline", path)
+    assert res.exit_code == 0, res.stderr
+    assert "using the stored text" not in res.stderr
+    newer = _show(cli, json.loads(cli("runs", "list", "--json").stdout)[0]["id"])
+    assert newer["steps"][1]["templates"][0]["name"] == "cirevl-rewrite-short"
+    assert newer["pipeline"]["hash"] != original["pipeline"]["hash"] and "note" not in newer["change"]
+
+    # the file gone: the stored text still re-runs, from the first step by default
+    path.unlink()
+    res = cli("runs", "rerun", run["id"])
+    assert res.exit_code == 0, res.stderr
+    assert f"pipeline file {path} is gone since run {run['id']}; using the stored text" in res.stderr
+    gone = _show(cli, json.loads(cli("runs", "list", "--json").stdout)[0]["id"])
+    assert gone["steps"][0]["origin"] in ("ran", "cache") and gone["pipeline"]["hash"] == original["pipeline"]["hash"]
+
+
+def test_rerun_of_an_unchanged_pipeline_says_nothing(cli, gallery, gallery_index, tiny_pipeline):
+    run = _query(cli, gallery_index, gallery / "img0004.jpg", tiny_pipeline)
+    res = cli("runs", "rerun", run["id"], "--from", "search")
+    assert res.exit_code == 0, res.stderr
+    assert "note:" not in res.stderr
+    new = _show(cli, json.loads(cli("runs", "list", "--json").stdout)[0]["id"])
+    assert "note" not in new["change"] and new["pipeline"]["source"] == str(tiny_pipeline)

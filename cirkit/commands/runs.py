@@ -154,18 +154,15 @@ def runs_rerun(
     run_id: Annotated[str, typer.Argument(help="The run to re-run.")],
     from_step: Annotated[Optional[str], typer.Option("--from", help="Re-run this step and those after it (default: the first).")] = None,
     prompt: Annotated[Optional[list[str]], typer.Option("--prompt", help="Swap a step's template: STEP=NAME_OR_FILE.")] = None,
-    pipeline: Annotated[Optional[str], typer.Option("--pipeline", "-p", help="Another pipeline (default: the run's own).")] = None,
+    pipeline: Annotated[Optional[str], typer.Option("--pipeline", "-p", help="Another pipeline file or built-in name (default: the text stored with the run).")] = None,
     no_cache: NoCache = False,
 ) -> None:
     """Re-run a run from a step (keeping what came before), as a new run linked to the original."""
-    from cirkit.pipelines import load_pipeline
     from cirkit.revise import Revision, revise
 
     store = open_store(ctx)
     run = store.get(run_id)
     swaps = parse_prompt_swaps(prompt or [])
-    if from_step is None:
-        from_step = load_pipeline(pipeline or run.pipeline_source, swaps).steps[0].name
     (new_id,) = revise(
         store, [Revision(run.id, from_step)], pipeline=pipeline, prompts=swaps, use_cache=not no_cache, progress=True
     )
@@ -275,6 +272,8 @@ def _edit_in_editor(run, step_name: str) -> str:
 
 def _report_new_run(store, old_id: str, new_id: str) -> None:
     new = store.get(new_id)
+    if new.change and new.change.get("note"):
+        stderr.print(f"[yellow]note:[/yellow] {escape(new.change['note'])}")
     ran = [s.name for s in new.steps if s.origin == "ran"]
     reused = [f"{s.name} ({s.origin})" for s in new.steps if s.origin != "ran"]
     stdout.print(f"new run {new_id} from {old_id}: ran {', '.join(ran) or 'nothing'}; reused {', '.join(reused) or 'nothing'}")
