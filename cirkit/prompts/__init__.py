@@ -1,28 +1,81 @@
-"""Prompt templates: one YAML file per template, built-in by name or user files by path.
+"""Prompt templates: one YAML file per template, built-in by name, imported by `NAME/CONSTANT`, or by path.
 
 A template file declares the variables it uses; its text is rendered with langchain-core
 prompt templates into chat messages (an optional system message and one user message).
+Imported templates (`cirkit prompts import`, see cirkit.prompts.importer) live in the user's prompt
+directory, DATA_DIR/prompts/NAME/CONSTANT.yaml.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 from langchain_core.prompts import ChatPromptTemplate, PromptTemplate
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from cirkit.errors import CirkitError, one_line
 
 BUILTIN_DIR = Path(__file__).parent
+# An import's name and a constant's name: letters, digits, '_' and '-' (no dots, slashes or spaces).
+SIMPLE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,99}")
+_IMPORTED_REF = re.compile(rf"({SIMPLE_NAME.pattern})/({SIMPLE_NAME.pattern})")
+
+_data_dir: Path | None = None
+
+
+def use_data_dir(data_dir: str | Path | None) -> None:
+    """Read imported templates from DATA_DIR/prompts (None: $CIRKIT_DATA_DIR, else the platform default)."""
+    global _data_dir
+    _data_dir = Path(data_dir).expanduser() if data_dir else None
+
+
+def user_prompt_dir(data_dir: str | Path | None = None) -> Path:
+    """DATA_DIR/prompts: where `cirkit prompts import` stores templates."""
+    if data_dir:
+        return Path(data_dir).expanduser() / "prompts"
+    if _data_dir is not None:
+        return _data_dir / "prompts"
+    from cirkit.store import default_data_dir
+
+    return default_data_dir() / "prompts"
 
 
 class OutputFormat(BaseModel):
-    """Where the answer sits in the model's output: the whole text after `after`, when given."""
+    """Where the answer sits in the model's output.
+
+    after       the whole text after this marker (anywhere), minus quotes and trailing chatter
+    first_line  the first line whose stripped form starts with this marker: the text after the marker,
+                up to the next `until` (or the line's end), stripped; nothing else is cleaned
+    """
 
     model_config = ConfigDict(extra="forbid")
     after: str | None = None
+    first_line: str | None = None
+    until: str | None = None
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> "OutputFormat":
+        if self.after is not None and self.first_line is not None:
+            raise ValueError("give either 'after' or 'first_line', not both")
+        if self.until is not None and self.first_line is None:
+            raise ValueError("'until' goes with 'first_line'")
+        if self.first_line == "" or self.until == "":
+            raise ValueError("'first_line' and 'until' must not be empty")
+        return self
+
+
+class ImportInfo(BaseModel):
+    """Where an imported template's text came from."""
+
+    model_config = ConfigDict(extra="forbid")
+    file: str
+    constant: str
+    sha256: str
+    layout: str = "text"  # "text": the string as the user message; "cirevl-modifier"; "cirevl-caption"
 
 
 class PromptFile(BaseModel):
@@ -33,12 +86,15 @@ class PromptFile(BaseModel):
     system: str | None = None
     template: str
     output: OutputFormat = OutputFormat()
+    # decoding and fallback the template was written for (informational: copy them into a step's params)
+    suggested_params: dict[str, Any] = {}
+    imported: ImportInfo | None = None
 
 
 @dataclass(frozen=True)
 class Prompt:
     spec: PromptFile
-    source: str  # "builtin:NAME" or the file's path
+    source: str  # "builtin:NAME", or the file's path (imported templates: their file in the prompt directory)
 
     @property
     def name(self) -> str:
@@ -50,8 +106,13 @@ class Prompt:
 
     @property
     def text(self) -> str:
-        """The template as written in its file (system message first), for hashing and display."""
-        return (self.spec.system or "") + "\x00" + self.spec.template
+        """The template as written in its file (system message first), for hashing and display.
+
+        A line rule for the output is part of it (it decides the step's parsed output)."""
+        text = (self.spec.system or "") + "\x00" + self.spec.template
+        if self.spec.output.first_line is not None:
+            text += "\x00output=" + self.spec.output.model_dump_json(exclude_none=True)
+        return text
 
     def render(self, **values: str) -> list[dict[str, str]]:
         """Chat messages [{role, content}] with the variables filled in."""
@@ -66,9 +127,36 @@ def builtin_names() -> list[str]:
     return sorted(p.stem for p in BUILTIN_DIR.glob("*.yaml"))
 
 
-def load_prompt(ref: str | Path, base_dir: Path | None = None) -> Prompt:
-    """A built-in template by name, or a template file by path (relative to base_dir if given)."""
+def imported_names(data_dir: str | Path | None = None) -> list[str]:
+    """`NAME/CONSTANT` of every imported template in the user's prompt directory."""
+    root = user_prompt_dir(data_dir)
+    if not root.is_dir():
+        return []
+    return sorted(
+        f"{p.parent.name}/{p.stem}"
+        for p in root.glob("*/*.yaml")
+        if SIMPLE_NAME.fullmatch(p.parent.name) and SIMPLE_NAME.fullmatch(p.stem)
+    )
+
+
+def imported_path(ref: str, data_dir: str | Path | None = None) -> Path | None:
+    """The file of imported template `NAME/CONSTANT`, if there is one."""
+    m = _IMPORTED_REF.fullmatch(ref)
+    if not m:
+        return None
+    path = user_prompt_dir(data_dir) / m.group(1) / f"{m.group(2)}.yaml"
+    return path if path.is_file() else None
+
+
+def load_prompt(ref: str | Path, base_dir: Path | None = None, data_dir: str | Path | None = None) -> Prompt:
+    """A built-in template by name, an imported one by `NAME/CONSTANT`, or a template file by path
+    (relative to base_dir if given)."""
     ref_str = str(ref)
+    if (BUILTIN_DIR / f"{ref_str}.yaml").is_file() and "/" not in ref_str and "\\" not in ref_str:
+        return Prompt(_parse(BUILTIN_DIR / f"{ref_str}.yaml"), f"builtin:{ref_str}")
+    imported = imported_path(ref_str, data_dir)
+    if imported is not None:
+        return Prompt(_parse(imported), str(imported))
     path = Path(ref_str).expanduser()
     looks_like_path = path.suffix in {".yaml", ".yml"} or "/" in ref_str or "\\" in ref_str
     if looks_like_path:
@@ -77,13 +165,10 @@ def load_prompt(ref: str | Path, base_dir: Path | None = None) -> Prompt:
         if not path.is_file():
             raise CirkitError(f"prompt file not found: {ref_str}")
         return Prompt(_parse(path), str(path))
-    builtin = BUILTIN_DIR / f"{ref_str}.yaml"
-    if not builtin.is_file():
-        raise CirkitError(
-            f"unknown prompt '{ref_str}': not a built-in template (see `cirkit prompts list`) "
-            "and not a .yaml path"
-        )
-    return Prompt(_parse(builtin), f"builtin:{ref_str}")
+    raise CirkitError(
+        f"unknown prompt '{ref_str}': not a built-in or imported template (see `cirkit prompts list`) "
+        "and not a .yaml path"
+    )
 
 
 def _parse(path: Path) -> PromptFile:
