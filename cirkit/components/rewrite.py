@@ -24,8 +24,9 @@ _QUOTES = "\"'`“”‘’«»*_ "
 
 class RewriteParams(GenerationParams):
     max_new_tokens: int = Field(128, ge=1, le=32768)
-    # What to retrieve with when the answer cannot be parsed: caption and modification joined, or fail the query.
-    fallback: Literal["caption+modification", "error"] = "caption+modification"
+    # What to retrieve with when the answer cannot be parsed: caption and modification joined, the
+    # modification alone, or fail the query.
+    fallback: Literal["caption+modification", "modification", "error"] = "caption+modification"
 
 
 class Rewrite(Component):
@@ -62,19 +63,27 @@ class Rewrite(Component):
             descriptions, sources = [], []
             for t, template in enumerate(self.prompts):
                 messages = conversations[i][t]
-                marker = template.spec.output.after
+                output = template.spec.output
+                marker = output.after
                 prompt_ends_with_marker = bool(marker) and messages[-1]["content"].rstrip().endswith(marker)
                 for sample, gen in enumerate(generations[i * per_item + t]):
                     label = f"rewrite {len(descriptions) + 1} ({template.name}, sample {sample + 1})"
                     result.raw.append(gen.text)
-                    parsed, problem = parse_answer(gen.text, marker, marker_in_prompt=prompt_ends_with_marker)
+                    if output.first_line is not None:
+                        parsed, problem = first_line_answer(gen.text, output.first_line, output.until)
+                    else:
+                        parsed, problem = parse_answer(gen.text, marker, marker_in_prompt=prompt_ends_with_marker)
                     if gen.finish_reason == "length":
                         result.notes.append(f"{label}: answer cut at max_new_tokens={self.params.max_new_tokens}")
                     if parsed is None:
                         if self.params.fallback == "error":
                             result.error = f"cannot parse the LLM's answer ({label}): {problem}"
-                        parsed = f"{item['caption']} {item['modification']}"
-                        result.notes.append(f"{label}: fallback to caption + modification: {problem}")
+                        if self.params.fallback == "modification":
+                            parsed = item["modification"]
+                            result.notes.append(f"{label}: fallback to the modification: {problem}")
+                        else:
+                            parsed = f"{item['caption']} {item['modification']}"
+                            result.notes.append(f"{label}: fallback to caption + modification: {problem}")
                     descriptions.append(parsed)
                     sources.append({"template": template.name, "sample": sample + 1})
             result.outputs = {"description": descriptions[0], "descriptions": descriptions, "sources": sources}
@@ -105,3 +114,23 @@ def parse_answer(raw: str, marker: str | None, marker_in_prompt: bool = False) -
     if not answer:
         return None, "nothing after the marker"
     return answer, ""
+
+
+def first_line_answer(raw: str, marker: str, until: str | None = None) -> tuple[str | None, str]:
+    """The answer on the first line whose stripped form starts with `marker`: the text after the
+    marker, up to the next `until` (or the line's end), stripped of surrounding whitespace only.
+
+    Lines are split at "\n" alone. Returns (answer, "") or (None, why): no such line, or nothing
+    after the marker on it (later lines are not looked at).
+    """
+    for line in raw.split("\n"):
+        stripped = line.strip()
+        if stripped.startswith(marker):
+            text = stripped[len(marker) :]
+            if until is not None:
+                text = text.split(until, 1)[0]
+            answer = text.strip()
+            if not answer:
+                return None, f"nothing after '{marker}' on its line"
+            return answer, ""
+    return None, f"no line starting with '{marker}' in the answer"

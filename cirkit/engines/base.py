@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class GenerationParams(BaseModel):
@@ -22,6 +22,21 @@ class GenerationParams(BaseModel):
     n: int = Field(1, ge=1, le=256)  # generations per request (samples, or the top beams)
     seed: int = 0
     batch_size: int = Field(8, ge=1, le=4096)
+    # The answer ends before the first of these strings (not included). Left out of dumps when empty,
+    # so steps that set none keep their cache keys.
+    stop: list[str] = Field(default_factory=list, max_length=16, exclude_if=lambda v: not v)
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_stop_string(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("stop")
+    @classmethod
+    def _non_empty_stop_strings(cls, value: list[str]) -> list[str]:
+        if any(s == "" for s in value):
+            raise ValueError("stop strings must not be empty")
+        return value
 
     @model_validator(mode="after")
     def _n_needs_sampling_or_beams(self) -> "GenerationParams":
@@ -52,6 +67,12 @@ class Generation:
     # log-probability of each asked-for word as the answer's first token (engines that see only the top
     # alternatives give those, by lower-cased token: a word may be missing); None where the engine gives none
     logprobs: dict[str, float] | None = None
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """The text before the earliest of the stop strings, and whether one was found."""
+    ends = [at for at in (text.find(s) for s in stop) if at >= 0]
+    return (text[: min(ends)], True) if ends else (text, False)
 
 
 def with_image_parts(messages: list[dict[str, str]], parts: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -16,7 +16,8 @@ SystemMessage / HumanMessage / AIMessage; a request's image goes into the first 
 Decoding parameters reach the model through its own fields, and only through fields its class
 declares: `temperature`, `top_p` (when below 1), the token limit (the first of `max_tokens`,
 `max_completion_tokens`, `max_new_tokens`, `max_output_tokens`, `num_predict` that the class has) and
-`seed`. The step's values win over `options`. A model without such a field decodes with its own
+`seed`. Stop strings go as the `stop` argument of each call, and the answer is cut at the first of
+them (for providers that ignore it). The step's values win over `options`. A model without such a field decodes with its own
 settings. `n` samples are n rounds of `.batch` over the requests, round i with seed `seed + i` where
 the class has a `seed` field. There is no beam search: num_beams > 1 is refused with a CirkitError.
 `finish_reason` comes from the answer's `response_metadata` (finish_reason, stop_reason or
@@ -34,7 +35,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cirkit.engines.base import Engine, Generation, GenerationParams, GenerationRequest
+from cirkit.engines.base import Engine, Generation, GenerationParams, GenerationRequest, cut_at_stop
 from cirkit.engines.openai_engine import finish_reason, openai_messages
 from cirkit.errors import PartialGenerationError
 from cirkit.errors import CirkitError, one_line
@@ -116,13 +117,14 @@ class LangChainEngine(Engine):
         chunk_size = max(params.batch_size, self.spec.max_concurrency)
         for start in range(0, len(inputs), chunk_size):
             chunk = inputs[start : start + chunk_size]
-            rounds = [model.batch(chunk, config=config, return_exceptions=True) for model in models]
+            stop = {"stop": list(params.stop)} if params.stop else {}
+            rounds = [model.batch(chunk, config=config, return_exceptions=True, **stop) for model in models]
             failure = None
             for offset in range(len(chunk)):
                 outputs = [r[offset] for r in rounds]
                 bad = next((o for o in outputs if isinstance(o, BaseException)), None)
                 if bad is None:
-                    results[start + offset] = [_generation(o) for o in outputs]
+                    results[start + offset] = [_generation(o, params.stop) for o in outputs]
                 else:
                     failure = failure or bad
             if failure is not None:
@@ -165,13 +167,14 @@ class LangChainEngine(Engine):
         return out
 
 
-def _generation(message) -> Generation:
+def _generation(message, stop: Sequence[str] = ()) -> Generation:
     meta = getattr(message, "response_metadata", None) or {}
     reason = meta.get("finish_reason") or meta.get("stop_reason") or meta.get("done_reason")
     text = message.text if hasattr(message, "text") else str(message)
     if callable(text) and not isinstance(text, str):  # langchain-core < 1.0: a method
         text = text()
-    return Generation(text=str(text).strip(), finish_reason=finish_reason(reason))
+    text, cut = cut_at_stop(str(text), stop)
+    return Generation(text=text.strip(), finish_reason="stop" if cut else finish_reason(reason))
 
 
 def _model_name(model) -> str | None:

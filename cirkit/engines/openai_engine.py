@@ -25,7 +25,8 @@ entry names the server and the served model:
   backoff         first retry delay in seconds (default 1.0); it doubles at every retry, with jitter
   max_backoff     the longest delay between two retries in seconds (default 30)
 
-Decoding: `temperature`, `top_p`, `seed` and the token limit are sent with every request. `n` samples
+Decoding: `temperature`, `top_p`, `seed` and the token limit are sent with every request, and `stop`
+when the step sets stop strings (the answer is also cut at the first of them, for servers that ignore it). `n` samples
 are asked for with the `n` field; a server that answers fewer choices (`transformers serve` ignores
 `n`) is asked again, once per missing sample, with seeds `seed + i`; the engine remembers that and
 asks for one sample per request from then on. The chat-completions API has no beam search, so
@@ -55,7 +56,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
-from cirkit.engines.base import Engine, Generation, GenerationParams, GenerationRequest, with_image_parts
+from cirkit.engines.base import Engine, Generation, GenerationParams, GenerationRequest, cut_at_stop, with_image_parts
 from cirkit.errors import CirkitError, PartialGenerationError, one_line
 
 RETRY_STATUS = {408, 409, 425, 429}  # plus every 5xx
@@ -204,6 +205,8 @@ class OpenAIEngine(Engine):
             self.max_tokens_field: params.max_new_tokens,
             "seed": params.seed,
         }
+        if params.stop:
+            body["stop"] = list(params.stop)
         if logprobs_of:
             body.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
         body.update(self.extra_body)
@@ -303,7 +306,7 @@ class OpenAIEngine(Engine):
             else:
                 status = response.status_code
                 if status < 400:
-                    return self._parse(response)
+                    return self._parse(response, body.get("stop") or ())
                 message = _server_message(response)
                 if status in RETRY_STATUS or status >= 500:
                     problem = f"the server at {self.base_url} answered HTTP {status}: {message}"
@@ -320,7 +323,7 @@ class OpenAIEngine(Engine):
         """Exponential backoff with jitter: backoff * 2**attempt, scaled by 0.5..1.5, at most max_backoff."""
         return min(self.max_backoff, self.backoff * (2**attempt)) * random.uniform(0.5, 1.5)
 
-    def _parse(self, response) -> list[Generation]:
+    def _parse(self, response, stop: Sequence[str] = ()) -> list[Generation]:
         text = response.text
         try:
             data = json.loads(text)
@@ -342,10 +345,11 @@ class OpenAIEngine(Engine):
                     content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
                 if not isinstance(content, str):
                     raise TypeError("content is not text")
+                content, cut = cut_at_stop(content, stop)
                 generations.append(
                     Generation(
                         text=content.strip(),
-                        finish_reason=finish_reason(choice.get("finish_reason")),
+                        finish_reason="stop" if cut else finish_reason(choice.get("finish_reason")),
                         logprobs=first_token_logprobs(choice.get("logprobs")),
                     )
                 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cirkit.engines.base import Engine, Generation, GenerationParams, GenerationRequest
+from cirkit.engines.base import Engine, Generation, GenerationParams, GenerationRequest, cut_at_stop
 from cirkit.errors import CirkitError, one_line
 
 
@@ -142,6 +142,11 @@ class TransformersEngine(Engine):
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         if logprobs_of:
             kwargs.update(output_logits=True, return_dict_in_generate=True)
+        if params.stop and params.num_beams == 1:
+            # Ends each answer early; the decoded text is cut at the first stop string below either way,
+            # so the answer is the same as generating on and cutting (beam search is only cut: stopping
+            # beams early would change which beams win).
+            kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
         with torch.inference_mode():
             try:
                 out = self.model.generate(**inputs, **kwargs)
@@ -170,7 +175,10 @@ class TransformersEngine(Engine):
             else:
                 tokens = [t for t in row if t != self.tokenizer.pad_token_id]
                 reason = "length" if len(row) >= params.max_new_tokens else "stop"
-            text = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+            text, cut = cut_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), params.stop)
+            if cut:
+                reason = "stop"
+            text = text.strip()
             logprobs = None
             if first_logprobs is not None:
                 logprobs = {

@@ -12,7 +12,7 @@
 (`device` is not used). Requests go through `LLM.chat` in large batches (vLLM schedules them
 continuously), with the model's chat template; a request's image is passed as a PIL image content part
 (`{"type": "image_pil", ...}`) before the text of the first user message. `n`, `temperature`, `top_p`,
-`max_new_tokens` and `seed` become `SamplingParams`; temperature 0 decodes greedily. This engine decodes
+`max_new_tokens`, `seed` and `stop` become `SamplingParams`; temperature 0 decodes greedily. This engine decodes
 by sampling or greedily only: num_beams > 1 is refused with a CirkitError (use the transformers engine
 for beam search, or num_beams: 1).
 """
@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cirkit.engines.base import Engine, Generation, GenerationParams, GenerationRequest, with_image_parts
+from cirkit.engines.base import Engine, Generation, GenerationParams, GenerationRequest, cut_at_stop, with_image_parts
 from cirkit.engines.openai_engine import TOP_LOGPROBS, first_token_logprobs
 from cirkit.errors import CirkitError, one_line
 
@@ -75,6 +75,7 @@ class VllmEngine(Engine):
             top_p=1.0 if greedy else params.top_p,
             max_tokens=params.max_new_tokens,
             seed=params.seed,
+            stop=list(params.stop) or None,
             logprobs=TOP_LOGPROBS if logprobs_of else None,
         )
         results: list[list[Generation]] = []
@@ -86,19 +87,19 @@ class VllmEngine(Engine):
             except ValueError as exc:  # prompt too long, bad image, ...
                 raise CirkitError(f"vllm ({self.model_id}): {one_line(exc)}") from None
             for out in outputs:
-                results.append(
-                    [
-                        Generation(
-                            text=c.text.strip(),
-                            finish_reason="length" if c.finish_reason == "length" else "stop",
-                            logprobs=_first_token_logprobs(c) if logprobs_of else None,
-                        )
-                        for c in sorted(out.outputs, key=lambda c: c.index)
-                    ]
-                )
+                results.append([_generation(c, params, logprobs_of) for c in sorted(out.outputs, key=lambda c: c.index)])
             if on_batch:
                 on_batch(len(chunk))
         return results
+
+
+def _generation(completion: Any, params: GenerationParams, logprobs_of: Sequence[str]) -> Generation:
+    text, cut = cut_at_stop(completion.text, params.stop)
+    return Generation(
+        text=text.strip(),
+        finish_reason="length" if completion.finish_reason == "length" and not cut else "stop",
+        logprobs=_first_token_logprobs(completion) if logprobs_of else None,
+    )
 
 
 def conversation(request: GenerationRequest) -> list[dict[str, Any]]:
