@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from cirkit.engines import ModelPool
 from cirkit.errors import CirkitError, one_line
@@ -33,6 +33,7 @@ def index_folder(
     ray_actors: int | None = None,
     index_type: str | None = None,
     index_params: dict[str, int] | None = None,
+    model_overrides: dict[str, dict[str, Any]] | None = None,
 ) -> BuildReport:
     """Embed every image under `images_dir` with CLIP and write a gallery index to `out`.
 
@@ -43,7 +44,8 @@ def index_folder(
     `index_type`: auto (flat below 1M images, else ivfpq), flat, hnsw or ivfpq; None keeps what `out`
     was built with. `index_params` overrides the params chosen by size (see cirkit.gallery.ann).
     `precision`: auto (fp32 on CPU, bf16 autocast on GPU), fp32, bf16 or fp16 (autocast); recorded in
-    the manifest. `batch_size` None: 64 on CPU, 256 on GPU.
+    the manifest. `batch_size` None: 64 on CPU, 256 on GPU. `model_overrides` replaces model
+    entries of the pipeline ({name: entry}, as `--model NAME=SPEC`).
     """
     from cirkit.gallery.ann import INDEX_TYPES
     from cirkit.engines.open_clip_engine import ClipModel, check_precision
@@ -63,7 +65,7 @@ def index_folder(
 
     dtype = "auto"
     if not clip:
-        spec = load_pipeline(pipeline or DEFAULT_PIPELINE).clip_model()
+        spec = load_pipeline(pipeline or DEFAULT_PIPELINE, model_overrides=model_overrides).clip_model()
         clip, pretrained, dtype = spec.name, spec.pretrained, spec.dtype
         device = spec.device if device == "auto" else device
     model = ClipModel(clip, pretrained, device=device, dtype=dtype, precision=precision)
@@ -92,6 +94,7 @@ def query(
     models: ModelPool | None = None,
     progress: bool = False,
     use_cache: bool = True,
+    model_overrides: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Retrieve gallery images showing `image` changed as `text` says.
 
@@ -101,7 +104,7 @@ def query(
     """
     (run,) = query_many(
         [Query(image, text)], index, pipeline=pipeline, prompts=prompts, k=k, data_dir=data_dir,
-        models=models, progress=progress, raise_on_failure=True, use_cache=use_cache,
+        models=models, progress=progress, raise_on_failure=True, use_cache=use_cache, model_overrides=model_overrides,
     )
     return run
 
@@ -119,21 +122,24 @@ def query_many(
     raise_on_failure: bool = False,
     use_cache: bool = True,
     store: RunStore | None = None,
+    on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    model_overrides: dict[str, dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Run many queries together: every step is called once per batch over all of them.
 
     Returns one stored run dict per query, in order; failed runs have status "failed" and an error.
     `store` is an open run store to write to instead of the one in `data_dir` (the caller closes it).
+    `on_event` is told as each run starts and each step is stored (see run_queries).
     """
     swaps = {step: [refs] if isinstance(refs, str) else list(refs) for step, refs in (prompts or {}).items()}
-    spec = load_pipeline(pipeline, swaps)
+    spec = load_pipeline(pipeline, swaps, model_overrides)
     gallery = GalleryIndex.open(index)
     own_store = store is None
     store = RunStore(data_dir) if own_store else store
     try:
         run_ids = run_queries(
             spec, queries, index=gallery, store=store, models=models, k=k, progress=progress,
-            raise_on_failure=raise_on_failure, use_cache=use_cache,
+            raise_on_failure=raise_on_failure, use_cache=use_cache, on_event=on_event,
         )
         runs = [store.get(run_id).to_dict() for run_id in run_ids]
     finally:

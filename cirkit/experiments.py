@@ -49,11 +49,12 @@ def run_experiment(
     submission_dir: str | Path | None = None,
     use_cache: bool = True,
     progress: bool = True,
+    model_overrides: dict[str, Any] | None = None,
 ) -> Experiment:
     benchmark = load(bench, data_dir, split)
     if benchmark.boxes:
         raise CirkitError(f"{benchmark.title}: tasks on instance boxes (GeneCIS attribute tasks) are not supported by `cirkit eval` yet")
-    spec = load_pipeline(pipeline)
+    spec = load_pipeline(pipeline, model_overrides=model_overrides)
     queries = benchmark.queries[:limit] if limit else benchmark.queries
     clip_spec = spec.clip_model()
     models = ModelPool()

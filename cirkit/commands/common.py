@@ -17,6 +17,23 @@ DataDir = Annotated[
 ]
 
 
+PipelineRef = Annotated[str, typer.Option("--pipeline", "-p", help="Built-in pipeline name or pipeline file.")]
+PromptSwaps = Annotated[
+    Optional[list[str]],
+    typer.Option("--prompt", help="Swap a step's template: STEP=NAME_OR_FILE (repeat a step for an ensemble)."),
+]
+NoCache = Annotated[bool, typer.Option("--no-cache", help="Run every step again, even where the cache has its output.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+ModelOverrides = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--model", metavar="NAME=SPEC",
+        help="Replace the pipeline's model entry NAME for this call; SPEC in YAML flow style, e.g. "
+             "'llm={id: Qwen/Qwen2.5-1.5B-Instruct}' or 'clip={name: ViT-B-32, pretrained: openai}'. Repeatable.",
+    ),
+]
+
+
 def open_store(ctx: typer.Context):
     from cirkit.store import RunStore
 

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cirkit.commands.common import open_store
+from cirkit.commands.common import AsJson, ModelOverrides, NoCache, PipelineRef, open_store
 from cirkit.console import stdout
 
 eval_app = typer.Typer(
@@ -26,20 +26,23 @@ def eval_run(
     bench: Annotated[str, typer.Argument(help="cirr, circo, fashioniq-dress|shirt|toptee, genecis, triplets")],
     data: Annotated[Path, typer.Option("--data", help="The data directory (layout: see the README).")],
     split: Annotated[str, typer.Option("--split", help="val, test1, test, a GeneCIS task, or a triplets file name.")],
-    pipeline: Annotated[str, typer.Option("--pipeline", "-p")] = "cirevl",
+    pipeline: PipelineRef = "cirevl",
     index: Annotated[Optional[Path], typer.Option("--index", help="Gallery index directory (default: under DATA).")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Only the first N queries.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Queries per batch.")] = 64,
     submission: Annotated[Path, typer.Option("--submission-dir", help="Where test-split submission files go.")] = Path("."),
-    no_cache: Annotated[bool, typer.Option("--no-cache")] = False,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    no_cache: NoCache = False,
+    as_json: AsJson = False,
+    model: ModelOverrides = None,
 ) -> None:
     """Run a pipeline over a benchmark split in batches and score it with the official protocol."""
     from cirkit.experiments import run_experiment
+    from cirkit.pipelines.spec import parse_model_overrides
 
     exp = run_experiment(
         bench, data, split, pipeline=pipeline, store=open_store(ctx), index_dir=index, limit=limit,
         batch_size=batch_size, submission_dir=submission, use_cache=not no_cache, progress=not as_json,
+        model_overrides=parse_model_overrides(model),
     )
     if as_json:
         print(json.dumps({"experiment": exp.id, "metrics": exp.metrics, "failed_runs": exp.failed_runs, "submission": [str(p) for p in exp.submission]}))
@@ -56,7 +59,7 @@ def eval_score(
     annotations: Annotated[Path, typer.Option("--annotations", help="The data directory with the annotation files.")],
     predictions: Annotated[list[Path], typer.Option("--predictions", help="Predictions or submission file(s).")],
     split: Annotated[str, typer.Option("--split")] = "val",
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Score an existing predictions or submission file, without any model."""
     from cirkit.benchmarks import score_predictions
@@ -84,7 +87,7 @@ def eval_compare(
     a: Annotated[str, typer.Argument(help="An experiment id.")],
     b: Annotated[str, typer.Argument(help="Another experiment id.")],
     limit: Annotated[int, typer.Option(min=1, help="Queries listed per direction.")] = 10,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Metrics side by side, and the queries that got better or worse."""
     from cirkit.experiments import compare

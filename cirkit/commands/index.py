@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from cirkit.commands.common import ModelOverrides
 from cirkit.console import stderr, stdout
 from cirkit.errors import CirkitError
 
@@ -29,13 +30,18 @@ def index(
     engine: Annotated[str, typer.Option(help="local, or ray: embed on a Ray cluster (pip install 'cirkit[ray]').")] = "local",
     ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster: auto, ray://HEAD:10001 or HEAD:6379 (default: a local Ray instance).")] = None,
     ray_actors: Annotated[Optional[int], typer.Option(min=1, help="Ray actors holding the model (default: one per GPU, else one per CPU).")] = None,
+    model: ModelOverrides = None,
 ) -> None:
     """Embed a folder of images with CLIP into a FAISS index (resumable; updates add and drop images)."""
     from cirkit.api import index_folder
     from cirkit.images import DEFAULT_MAX_PIXELS
+    from cirkit.pipelines.spec import parse_model_overrides
 
     if pretrained and not clip:
         raise CirkitError("--pretrained goes with --clip")
+    overrides = parse_model_overrides(model)
+    if overrides and clip:
+        raise CirkitError("--model replaces a model of --pipeline; with --clip no pipeline is used")
     report = index_folder(
         images_dir,
         out,
@@ -52,6 +58,7 @@ def index(
         engine=engine,
         ray_address=ray_address,
         ray_actors=ray_actors,
+        model_overrides=overrides,
     )
     stdout.print(
         f"indexed {report.count} images into {report.directory} "
@@ -70,7 +77,7 @@ def index(
         from cirkit.pipelines.gallery_captions import caption_gallery
         from cirkit.pipelines import load_pipeline
 
-        done = caption_gallery(out, load_pipeline(captions), ModelPool(), progress=True)
+        done = caption_gallery(out, load_pipeline(captions, model_overrides=overrides), ModelPool(), progress=True)
         stdout.print(f"captioned {done.captioned} gallery images ({done.reused} reused, {len(done.failed)} failed)")
         for item in done.failed:
             stderr.print(f"[yellow]not captioned[/yellow] {escape(item['path'])}: {escape(item['reason'])}")

@@ -4,34 +4,55 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, Callable
 
 from cirkit.engines.base import Engine, Generation, GenerationParams, GenerationRequest
 
 
-def load_model(spec) -> Any:
-    """A loaded model for a pipeline's model entry: a generation Engine, or a ClipModel."""
-    if spec.type == "clip":
-        from cirkit.engines.open_clip_engine import ClipModel
+def _open_clip(spec) -> Any:
+    from cirkit.engines.open_clip_engine import ClipModel
 
-        return ClipModel(spec.name, spec.pretrained, device=spec.device, dtype=spec.dtype)
-    if spec.engine == "vllm":
-        from cirkit.engines.vllm_engine import VllmEngine
+    return ClipModel(spec.name, spec.pretrained, device=spec.device, dtype=spec.dtype)
 
-        return VllmEngine(spec)
-    if spec.engine == "openai":
-        from cirkit.engines.openai_engine import OpenAIEngine
 
-        return OpenAIEngine(spec)
-    if spec.engine == "langchain":
-        from cirkit.engines.langchain_engine import LangChainEngine
-
-        return LangChainEngine(spec)
+def _transformers(spec) -> Any:
     from cirkit.engines.transformers_engine import TransformersEngine
 
-    return TransformersEngine(
-        spec.id, vision=spec.type == "vlm", revision=spec.revision, dtype=spec.dtype, device=spec.device
-    )
+    return TransformersEngine(spec.id, vision=spec.type == "vlm", revision=spec.revision, dtype=spec.dtype, device=spec.device)
+
+
+def _vllm(spec) -> Any:
+    from cirkit.engines.vllm_engine import VllmEngine
+
+    return VllmEngine(spec)
+
+
+def _openai(spec) -> Any:
+    from cirkit.engines.openai_engine import OpenAIEngine
+
+    return OpenAIEngine(spec)
+
+
+def _langchain(spec) -> Any:
+    from cirkit.engines.langchain_engine import LangChainEngine
+
+    return LangChainEngine(spec)
+
+
+# The one registry of engines: a model entry's `engine` names one; each is imported only when used.
+ENGINES: dict[str, Callable[[Any], Any]] = {
+    "transformers": _transformers,
+    "vllm": _vllm,
+    "openai": _openai,
+    "langchain": _langchain,
+    "open_clip": _open_clip,
+}
+CLIP_ENGINES = ("open_clip",)
+
+
+def load_model(spec) -> Any:
+    """A loaded model for a pipeline's model entry: a generation Engine, or a CLIP model."""
+    return ENGINES[spec.engine](spec)
 
 
 class ModelPool:
@@ -50,4 +71,4 @@ class ModelPool:
         return self._models[key]
 
 
-__all__ = ["Engine", "Generation", "GenerationParams", "GenerationRequest", "ModelPool", "load_model"]
+__all__ = ["CLIP_ENGINES", "ENGINES", "Engine", "Generation", "GenerationParams", "GenerationRequest", "ModelPool", "load_model"]

@@ -87,6 +87,7 @@ def run_queries(
             index_dir=str(index.directory),
             parent_id=pre.parent_id if pre else None,
             change=pre.change if pre else None,
+            overrides=pipeline.overrides,
         )
         tell("run", {"run_id": run_id})
         if pre:

@@ -6,6 +6,7 @@ Every error names the file, the step and the field, on one line.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -124,11 +125,12 @@ class Step:
 class Pipeline:
     """A validated pipeline: the models it names and its ordered steps."""
 
-    def __init__(self, spec: PipelineFile, steps: list[Step], source: str, text: str):
+    def __init__(self, spec: PipelineFile, steps: list[Step], source: str, text: str, overrides: dict[str, Any] | None = None):
         self.spec = spec
         self.steps = steps
         self.source = source
         self.text = text
+        self.overrides = overrides  # what the command line replaced: {"models": {name: entry}, "prompts": {step: [templates]}}
 
     @property
     def name(self) -> str:
@@ -142,6 +144,8 @@ class Pipeline:
     def hash(self) -> str:
         """Content hash of the pipeline as it runs: the file plus the prompt templates it uses."""
         h = hashlib.sha256(self.text.encode())
+        if self.overrides:
+            h.update(json.dumps(self.overrides, sort_keys=True).encode())
         for step in self.steps:
             for prompt in step.prompts:
                 h.update(f"\x00{step.name}\x00{prompt.text}".encode())
@@ -199,8 +203,38 @@ def builtin_path(name: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def load_pipeline(ref: str | Path, prompt_overrides: dict[str, list[str]] | None = None) -> Pipeline:
-    """A built-in pipeline by name or a pipeline file by path, validated; loads no model."""
+def parse_model_overrides(items: list[str] | None) -> dict[str, dict[str, Any]]:
+    """`--model NAME=SPEC` flags: SPEC is the model entry in YAML flow style, e.g. `llm={id: Qwen/Qwen2.5-1.5B-Instruct}`."""
+    overrides: dict[str, dict[str, Any]] = {}
+    for item in items or []:
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        if not sep or not name or not text.strip():
+            raise CirkitError(f"--model expects NAME=SPEC, e.g. 'llm={{id: Qwen/Qwen2.5-1.5B-Instruct}}', got '{item}'")
+        try:
+            entry = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise CirkitError(f"--model {name}: not a YAML mapping: {one_line(exc)}") from None
+        if not isinstance(entry, dict) or not entry:
+            raise CirkitError(f"--model {name}: SPEC must be a mapping such as '{{id: Qwen/Qwen2.5-1.5B-Instruct}}', got '{text}'")
+        for key in ("id", "name", "pretrained"):  # paths on the command line are relative to where it runs
+            value = entry.get(key)
+            if isinstance(value, str) and _looks_like_path(value) and Path(value).expanduser().exists():
+                entry[key] = str(Path(value).expanduser().resolve())
+        if name in overrides:
+            raise CirkitError(f"--model names '{name}' twice")
+        overrides[name] = entry
+    return overrides
+
+
+def load_pipeline(
+    ref: str | Path, prompt_overrides: dict[str, list[str]] | None = None,
+    model_overrides: dict[str, dict[str, Any]] | None = None,
+) -> Pipeline:
+    """A built-in pipeline by name or a pipeline file by path, validated; loads no model.
+
+    `model_overrides` replaces model entries for this call ({name: entry}); an entry that leaves
+    out `type` keeps the type of the entry it replaces."""
     path = builtin_path(str(ref)) if not _looks_like_path(str(ref)) else None
     if path is None:
         path = Path(ref).expanduser()
@@ -215,14 +249,17 @@ def load_pipeline(ref: str | Path, prompt_overrides: dict[str, list[str]] | None
         raise CirkitError(f"{source}: cannot read pipeline file: {one_line(exc)}") from None
     except yaml.YAMLError as exc:
         raise CirkitError(f"{source}: not valid YAML: {one_line(exc)}") from None
-    return validate_pipeline(data, source, text, path.parent, prompt_overrides or {})
+    return validate_pipeline(data, source, text, path.parent, prompt_overrides or {}, model_overrides or {})
 
 
 def validate_pipeline(
-    data: Any, source: str, text: str, base_dir: Path, prompt_overrides: dict[str, list[str]]
+    data: Any, source: str, text: str, base_dir: Path, prompt_overrides: dict[str, list[str]],
+    model_overrides: dict[str, dict[str, Any]] | None = None,
 ) -> Pipeline:
     if not isinstance(data, dict):
         raise CirkitError(f"{source}: a pipeline file must be a mapping with 'name', 'models' and 'steps'")
+    if model_overrides:
+        data = _with_models(data, model_overrides, source)
     step_names = [s.get("name") if isinstance(s, dict) else None for s in data.get("steps") or []]
     try:
         spec = PipelineFile.model_validate(data)
@@ -340,7 +377,20 @@ def validate_pipeline(
         for out, value_type in component.outputs.items():
             available[out] = available[f"{spec_step.name}.{out}"] = value_type
         steps.append(Step(spec_step, params, prompts, wiring, given))
-    return Pipeline(spec, steps, source, text)
+    overrides = {key: value for key, value in (("models", model_overrides), ("prompts", prompt_overrides)) if value}
+    return Pipeline(spec, steps, source, text, overrides or None)
+
+
+def _with_models(data: dict[str, Any], overrides: dict[str, dict[str, Any]], source: str) -> dict[str, Any]:
+    models = data.get("models") if isinstance(data.get("models"), dict) else {}
+    unknown = [name for name in overrides if name not in models]
+    if unknown:
+        raise CirkitError(f"--model {unknown[0]}: {source} has no model '{unknown[0]}' (its models: {', '.join(models) or 'none'})")
+    replaced = dict(models)
+    for name, entry in overrides.items():
+        old_type = models[name].get("type") if isinstance(models[name], dict) else None
+        replaced[name] = {"type": old_type, **entry} if old_type and "type" not in entry else dict(entry)
+    return {**data, "models": replaced}
 
 
 def _listing(available: dict[str, str], value_type: str) -> str:
@@ -349,8 +399,6 @@ def _listing(available: dict[str, str], value_type: str) -> str:
 
 
 def _read_given(ref: str, base_dir: Path, where: str) -> tuple[str, dict[str, Any]]:
-    import json
-
     path = Path(ref).expanduser()
     if not path.is_absolute() and (base_dir / path).exists():
         path = base_dir / path
