@@ -138,7 +138,8 @@ def _plan(store: RunStore, revision: Revision, pipeline_ref, prompts) -> dict[st
 
 
 def stored_pipeline(run: RunRecord, prompts: dict[str, list[str]] | None = None) -> Pipeline:
-    """The pipeline as the run ran it: its stored text, validated again, with `prompts` swapped in.
+    """The pipeline as the run ran it: its stored text, validated again, with the models and prompts
+    its command line replaced (run.overrides) replaced again, and `prompts` swapped in on top.
     Relative paths in it resolve against the folder of the file it came from."""
     source = run.pipeline_source
     base_dir = Path(source).parent
@@ -148,8 +149,11 @@ def stored_pipeline(run: RunRecord, prompts: dict[str, list[str]] | None = None)
         data = yaml.safe_load(run.pipeline_text)
     except yaml.YAMLError as exc:
         raise CirkitError(f"run {run.id}: its stored pipeline is not valid YAML ({one_line(exc)}); give --pipeline") from None
+    stored = run.overrides or {}
+    prompts = {**(stored.get("prompts") or {}), **(prompts or {})}
+    models = {"model_overrides": stored["models"]} if stored.get("models") else {}
     try:
-        return validate_pipeline(data, source, run.pipeline_text, base_dir, prompts or {})
+        return validate_pipeline(data, source, run.pipeline_text, base_dir, prompts, **models)
     except CirkitError as exc:
         raise CirkitError(f"run {run.id}: its stored pipeline no longer validates: {one_line(exc)}; give --pipeline") from None
 

@@ -251,3 +251,18 @@ def test_rerun_of_an_unchanged_pipeline_says_nothing(cli, gallery, gallery_index
     assert "note:" not in res.stderr
     new = _show(cli, json.loads(cli("runs", "list", "--json").stdout)[0]["id"])
     assert "note" not in new["change"] and new["pipeline"]["source"] == str(tiny_pipeline)
+
+
+def test_rerun_applies_the_stored_overrides_again(cli, tmp_path, gallery, gallery_index, tiny_pipeline):
+    run = _query(cli, gallery_index, gallery / "img0004.jpg", tiny_pipeline)
+    with sqlite3.connect(tmp_path / "data" / "runs.sqlite3") as con:
+        con.execute("UPDATE runs SET overrides = ? WHERE id = ?",
+                    (json.dumps({"prompts": {"rewrite": ["cirevl-rewrite-short"]}}), run["id"]))
+    con.close()
+    assert cli("runs", "rerun", run["id"], "--from", "rewrite").exit_code == 0
+    new = _show(cli, json.loads(cli("runs", "list", "--json").stdout)[0]["id"])
+    assert new["steps"][1]["templates"][0]["name"] == "cirevl-rewrite-short"
+    # a --prompt given now wins over the stored one
+    assert cli("runs", "rerun", run["id"], "--from", "rewrite", "--prompt", "rewrite=cirevl-rewrite-simple").exit_code == 0
+    newer = _show(cli, json.loads(cli("runs", "list", "--json").stdout)[0]["id"])
+    assert newer["steps"][1]["templates"][0]["name"] == "cirevl-rewrite-simple"
