@@ -2,24 +2,30 @@
 
 The server keeps the tiny models loaded; a query through it gives the same result, output and
 stored run as `cirkit query --local`. Bad ports, dying servers and strangers on the port give one line.
+It acts only for requests that carry its token: a web page in a real browser, a request without the
+token or with a wrong one, and a request for another host name get nothing done.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import shutil
 import signal
+import stat
 import socket
 import sqlite3
 import subprocess
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from cirkit.serve.client import free_port, health, wait_until_ready
+from cirkit.serve.protocol import PROTOCOL, PROTOCOL_HEADER, TOKEN_DIR_ENV, TOKEN_HEADER, read_token, token_path, write_token
 from conftest import write_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,6 +71,20 @@ class Server:
         return self.proc.wait(timeout=READY_GUARD)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def token_dir(tmp_path_factory):
+    """Servers and clients of this module keep their tokens in a directory of their own."""
+    directory = tmp_path_factory.mktemp("tokens") / "cirkit"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(TOKEN_DIR_ENV, str(directory))
+        yield directory
+
+
+def owner_health(server):
+    """The server's health as its owner sees it (with the token)."""
+    return health(server.url, token=read_token(server.port))
+
+
 @pytest.fixture(scope="module")
 def server(tiny_pipeline, tmp_path_factory):
     srv = Server(tmp_path_factory.mktemp("serve"), "--pipeline", str(tiny_pipeline))
@@ -100,14 +120,14 @@ def _same_run(a: dict, b: dict) -> dict:
 
 def test_query_through_the_server_equals_a_local_query(cli, use_server, tmp_path, gallery, gallery_index, tiny_pipeline, engine_calls_counter):
     server = use_server
-    before = health(server.url)
+    before = owner_health(server)
     assert before.ready and before.model_loads == 3  # captioner, LLM, CLIP loaded at start
 
     args = ["query", "-i", gallery_index, "--image", gallery / "img0004.jpg", "-t", "make it red", "-p", tiny_pipeline, "-k", "5"]
     served = cli(*args, "--json")
     assert served.exit_code == 0, served.stderr
     assert engine_calls_counter == []  # nothing ran in this process: the server's models answered
-    after = health(server.url)
+    after = owner_health(server)
     assert after.queries == before.queries + 1
     assert after.model_loads == before.model_loads  # warm: no model loaded again
     run = json.loads(served.stdout)
@@ -142,10 +162,10 @@ def test_queries_file_through_the_server(cli, use_server, tmp_path, gallery, gal
         {"image": str(gallery / "img0002.jpg"), "text": "a blue one", "id": "b", "targets": ["img0005.jpg"]},
     ]
     queries.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    before = health(use_server.url).queries
+    before = owner_health(use_server).queries
     served = cli("query", "-i", gallery_index, "--queries", queries, "-p", tiny_pipeline, "-k", "3", "--json")
     assert served.exit_code == 0, served.stderr
-    assert health(use_server.url).queries == before + 2
+    assert owner_health(use_server).queries == before + 2
     local = cli("--data-dir", tmp_path / "local", "query", "-i", gallery_index, "--queries", queries, "-p", tiny_pipeline, "-k", "3", "--json", "--local")
     assert local.exit_code == 0, local.stderr
     served_runs = [json.loads(line) for line in served.stdout.splitlines()]
@@ -259,7 +279,7 @@ class Stranger:
         self.httpd.server_close()
 
 
-CIRKIT_HEALTH = json.dumps({"service": "cirkit", "protocol": 1, "version": "0.1.0", "pid": 1, "ready": True, "busy": False,
+CIRKIT_HEALTH = json.dumps({"service": "cirkit", "protocol": PROTOCOL, "version": "0.1.0", "pid": 1, "ready": True, "busy": False,
                             "queries": 0, "model_loads": 0, "models": []}).encode()
 
 
@@ -267,7 +287,7 @@ CIRKIT_HEALTH = json.dumps({"service": "cirkit", "protocol": 1, "version": "0.1.
     "health_body, query_body, expected",
     [
         (b"<html>hello</html>", b"", "answered, but not as a cirkit server (HTTP 200)"),
-        (json.dumps({"service": "cirkit", "protocol": 99, "version": "9.0"}).encode(), b"", "speaks protocol 99, this cirkit (0.1.0) speaks 1"),
+        (json.dumps({"service": "cirkit", "protocol": 99, "version": "9.0"}).encode(), b"", f"speaks protocol 99, this cirkit (0.1.0) speaks {PROTOCOL}"),
         (CIRKIT_HEALTH, b"garbage\n", "answered something that is not cirkit's protocol"),
         (CIRKIT_HEALTH, b"", "stopped mid-query (the connection closed before the answer)"),
     ],
@@ -275,6 +295,7 @@ CIRKIT_HEALTH = json.dumps({"service": "cirkit", "protocol": 1, "version": "0.1.
 )
 def test_strangers_on_the_port_give_one_line(cli, monkeypatch, tmp_path, gallery, gallery_index, tiny_pipeline, health_body, query_body, expected):
     stranger = Stranger(health_body, query_body)
+    write_token(stranger.port)  # as if this user had started a server there
     try:
         monkeypatch.setenv("CIRKIT_PORT", str(stranger.port))
         res = cli("query", "-i", gallery_index, "--image", gallery / "img0001.jpg", "-t", "make it red", "-p", tiny_pipeline)
@@ -372,3 +393,213 @@ def test_ctrl_c_stops_the_server_and_frees_the_port(tmp_path, tiny_pipeline):
         again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         again.bind(("127.0.0.1", server.port))
         again.listen()
+
+
+# ---------------------------------------------------------------- only the owner gets anything done
+
+
+def _request(server, body: bytes | None = None, *, method: str = "POST", path: str = "/query", **headers: str):
+    """One raw HTTP request to the server: (status, JSON answer)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read().splitlines()[0])
+    finally:
+        conn.close()
+
+
+def _valid_body(victim: Path, gallery, gallery_index, tiny_pipeline) -> bytes:
+    """A query this server would run, into a run store at `victim`."""
+    return json.dumps({"data_dir": str(victim), "index": str(gallery_index), "pipeline": str(tiny_pipeline), "k": 3,
+                       "queries": [{"image": str(gallery / "img0001.jpg"), "text": "make it red"}]}).encode()
+
+
+def _nothing_done(server, victim: Path, queries_before: int) -> None:
+    assert not victim.exists()  # no run store, not even its directory
+    assert owner_health(server).queries == queries_before
+
+
+def test_the_token_file_is_private_and_health_tells_strangers_nothing(server, token_dir):
+    path = token_path(server.port)
+    assert path.parent == token_dir
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(token_dir.stat().st_mode) == 0o700
+    assert path.stat().st_uid == os.getuid()
+    token = read_token(server.port)
+    assert len(token) >= 40
+
+    status, public = _request(server, method="GET", path="/health")
+    assert status == 200
+    assert set(public) == {"service", "protocol", "version", "pid", "ready"}
+    status, full = _request(server, method="GET", path="/health", **{TOKEN_HEADER: token})
+    assert status == 200 and full["model_loads"] == 3 and len(full["models"]) == 3
+
+    path.chmod(0o644)  # a token others can read is not used
+    try:
+        with pytest.raises(Exception, match="can be read by other users"):
+            read_token(server.port)
+    finally:
+        path.chmod(0o600)
+
+
+@pytest.mark.parametrize("case", ["no token", "wrong token", "token of another length"])
+def test_a_request_without_the_token_gets_401_and_does_nothing(server, tmp_path, gallery, gallery_index, tiny_pipeline, case):
+    victim = tmp_path / "victim-data"
+    before = owner_health(server).queries
+    headers = {"Content-Type": "application/json", PROTOCOL_HEADER: str(PROTOCOL)}
+    if case == "wrong token":
+        token = read_token(server.port)
+        headers[TOKEN_HEADER] = token[:-1] + ("A" if token[-1] != "A" else "B")
+    elif case == "token of another length":
+        headers[TOKEN_HEADER] = "x"
+    status, answer = _request(server, _valid_body(victim, gallery, gallery_index, tiny_pipeline), **headers)
+    assert status == 401
+    assert ("no token" if case == "no token" else "wrong token") in answer["error"]
+    assert str(token_path(server.port)) in answer["error"] and "\n" not in answer["error"]
+    _nothing_done(server, victim, before)
+    if case != "no token":
+        status, _ = _request(server, method="GET", path="/health", **{TOKEN_HEADER: headers[TOKEN_HEADER]})
+        assert status == 401
+
+
+@pytest.mark.parametrize("host", ["evil.example:{port}", "127.0.0.1:1", "localhost", "127.0.0.1.nip.io:{port}"])
+def test_a_foreign_host_header_gets_403_even_with_the_token(server, tmp_path, gallery, gallery_index, tiny_pipeline, host):
+    victim = tmp_path / "victim-data"
+    before = owner_health(server).queries
+    host = host.format(port=server.port)
+    headers = {"Content-Type": "application/json", PROTOCOL_HEADER: str(PROTOCOL), TOKEN_HEADER: read_token(server.port), "Host": host}
+    status, answer = _request(server, _valid_body(victim, gallery, gallery_index, tiny_pipeline), **headers)
+    assert status == 403 and f"not to Host '{host}'" in answer["error"]
+    status, _ = _request(server, method="GET", path="/health", Host=host)
+    assert status == 403
+    _nothing_done(server, victim, before)
+    # the same request for the address the server listens on is answered
+    headers["Host"] = f"localhost:{server.port}"
+    status, answer = _request(server, _valid_body(victim, gallery, gallery_index, tiny_pipeline), **headers)
+    assert status == 200 and "run" in answer
+    assert victim.is_dir()
+
+
+def test_an_origin_header_gets_403_even_with_the_token(server, tmp_path, gallery, gallery_index, tiny_pipeline):
+    victim = tmp_path / "victim-data"
+    before = owner_health(server).queries
+    headers = {"Content-Type": "application/json", PROTOCOL_HEADER: str(PROTOCOL), TOKEN_HEADER: read_token(server.port)}
+    for origin in ("http://127.0.0.1:1", "null", f"http://127.0.0.1:{server.port}"):
+        status, answer = _request(server, _valid_body(victim, gallery, gallery_index, tiny_pipeline), **headers, Origin=origin)
+        assert status == 403 and "does not answer web pages" in answer["error"]
+    status, _ = _request(server, method="GET", path="/health", Origin="http://127.0.0.1:1")
+    assert status == 403
+    _nothing_done(server, victim, before)
+
+
+def test_a_request_with_relative_paths_is_refused(server, tmp_path, gallery, gallery_index, tiny_pipeline):
+    before = owner_health(server).queries
+    body = json.loads(_valid_body(tmp_path / "data", gallery, gallery_index, tiny_pipeline))
+    body["queries"][0]["image"] = "img0001.jpg"
+    headers = {"Content-Type": "application/json", PROTOCOL_HEADER: str(PROTOCOL), TOKEN_HEADER: read_token(server.port)}
+    status, answer = _request(server, json.dumps(body).encode(), **headers)
+    assert status == 400 and "queries.0.image: 'img0001.jpg' is not an absolute path" in answer["error"]
+    status, answer = _request(server, _valid_body(tmp_path / "data", gallery, gallery_index, tiny_pipeline),
+                              **{**headers, "Content-Type": "text/plain"})
+    assert status == 415
+    _nothing_done(server, tmp_path / "data", before)
+
+
+BROWSER_PAGE = """<!doctype html><html><head><title>waiting</title></head><body><script>
+const target = "http://127.0.0.1:{port}";
+const body = JSON.stringify({body});
+const attempts = [
+  fetch(target + "/query", {{method: "POST", headers: {{"Content-Type": "text/plain"}}, body}}),
+  fetch(target + "/query", {{method: "POST", mode: "no-cors", body}}),
+  fetch(target + "/query", {{method: "POST", mode: "no-cors", headers: {{"Content-Type": "text/plain"}}, body}}),
+  fetch(target + "/health", {{mode: "no-cors"}}),
+];
+Promise.allSettled(attempts).then(results => {{
+  document.title = "done " + results.map(r => r.status).join(",");
+}});
+</script></body></html>"""
+
+
+def test_a_web_page_in_a_browser_gets_nothing_done(server, tmp_path, gallery, gallery_index, tiny_pipeline):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.fail("this test needs Debian's chromium: apt-get install -y chromium")
+    victim = tmp_path / "victim-data"
+    before = owner_health(server).queries
+    log_before = len(server.stderr.splitlines())
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text(BROWSER_PAGE.format(port=server.port, body=_valid_body(victim, gallery, gallery_index, tiny_pipeline).decode()))
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(site), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+    page_server = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    page_server.daemon_threads = True
+    threading.Thread(target=page_server.serve_forever, daemon=True).start()
+    page = f"http://127.0.0.1:{page_server.server_address[1]}/index.html"
+    try:
+        dom = subprocess.run(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-proxy-server",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom", page],
+            capture_output=True, text=True, timeout=120,
+        )
+    finally:
+        page_server.shutdown()
+        page_server.server_close()
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert "<title>done " in dom.stdout, dom.stdout[-2000:]  # the page's script ran to the end
+
+    refused = [line for line in server.stderr.splitlines()[log_before:] if line.startswith("refused ")]
+    origin = f"Origin: http://127.0.0.1:{page_server.server_address[1]}"
+    assert sum(line.startswith("refused POST /query (HTTP 403)") and origin in line for line in refused) == 3, refused
+    _nothing_done(server, victim, before)
+
+
+def test_the_client_needs_the_servers_token(cli, use_server, monkeypatch, tmp_path, gallery, gallery_index, tiny_pipeline):
+    args = ["query", "-i", gallery_index, "--image", gallery / "img0001.jpg", "-t", "make it red", "-p", tiny_pipeline]
+    elsewhere = tmp_path / "other-tokens"
+    monkeypatch.setenv(TOKEN_DIR_ENV, str(elsewhere))  # as another user (or another token directory) sees it
+    res = cli(*args)
+    assert res.exit_code == 1
+    assert res.stderr.strip() == (f"error: a cirkit server answers at {use_server.url}, but its token file "
+                                  f"{elsewhere / f'serve-{use_server.port}.token'} does not exist (a server started by another "
+                                  f"user, or with another ${TOKEN_DIR_ENV}?): only the user who started it can use it; use "
+                                  "--local, or another --port")
+    stale, _ = write_token(use_server.port)  # a token, but not the server's
+    res = cli(*args)
+    assert res.exit_code == 1 and "refused the query: wrong token" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+    stale.chmod(0o640)
+    res = cli(*args)
+    assert res.exit_code == 1 and f"{stale} can be read by other users (mode 640)" in res.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_relative_paths_from_another_directory(cli, use_server, monkeypatch, tmp_path, gallery, gallery_index, tiny_pipeline):
+    """The client's paths are made absolute: the server, started elsewhere, reads the same files."""
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(gallery / "img0004.jpg", work / "ref.jpg")
+    shutil.copy(tiny_pipeline, work / "pipe.yaml")
+    (work / "q.jsonl").write_text(json.dumps({"image": "ref.jpg", "text": "make it red", "id": "r"}) + "\n")
+    monkeypatch.chdir(work)
+    index = os.path.relpath(gallery_index, work)
+    before = owner_health(use_server).queries
+    res = cli("--data-dir", "data", "query", "-i", index, "--image", "ref.jpg", "-t", "make it red", "-p", "pipe.yaml", "--json")
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["inputs"]["image"] == str(work / "ref.jpg")
+    res = cli("--data-dir", "data", "query", "-i", index, "--queries", "q.jsonl", "-p", "pipe.yaml", "--json")
+    assert res.exit_code == 0, res.stderr
+    assert owner_health(use_server).queries == before + 2
+    assert (work / "data" / "runs.sqlite3").is_file()
+    (work / "q.jsonl").write_text(json.dumps({"image": "gone.jpg", "text": "make it red"}) + "\n")
+    served = cli("query", "-i", index, "--queries", "q.jsonl", "-p", "pipe.yaml")
+    local = cli("query", "-i", index, "--queries", "q.jsonl", "-p", "pipe.yaml", "--local")
+    assert served.exit_code == local.exit_code == 1
+    assert served.stderr == local.stderr and "gone.jpg" in served.stderr and str(work) not in served.stderr

@@ -10,7 +10,6 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cirkit.serve.client import PORT_ENV, SERVER_ENV, find_server, remote_query
 from cirkit.commands.common import compact, parse_prompt_swaps, print_results
 from cirkit.console import stdout
 from cirkit.errors import CirkitError
@@ -34,7 +33,7 @@ def query(
     local: Annotated[bool, typer.Option("--local", help="Run here, even when a `cirkit serve` is running.")] = False,
     server: Annotated[
         Optional[str],
-        typer.Option("--server", metavar="URL", help=f"Use the `cirkit serve` at this address (default: ${SERVER_ENV}, else http://127.0.0.1:${PORT_ENV} when one answers there)."),
+        typer.Option("--server", metavar="URL", help="Use the `cirkit serve` at this address (default: $CIRKIT_SERVER, else http://127.0.0.1:$CIRKIT_PORT when one answers there)."),
     ] = None,
 ) -> None:
     """Find gallery images that show the reference image changed as the text says.
@@ -49,7 +48,11 @@ def query(
     if local and server:
         raise CirkitError("give either --local or --server, not both")
     swaps = parse_prompt_swaps(prompt or [])
-    url = None if local else find_server(server)
+    url = None
+    if not local:
+        from cirkit.serve.client import find_server
+
+        url = find_server(server)
     if url is not None:
         runs = _query_server(
             url, ctx.obj["data_dir"], queries=queries, image=image, text=text, index=index, pipeline=pipeline,
@@ -75,24 +78,21 @@ def query(
 
 
 def _query_server(url: str, data_dir: Optional[Path], *, queries, image, text, index, pipeline, prompts, k, use_cache, progress) -> list:
-    """The same query through a running `cirkit serve`: every path as the user gave it (the server
-    works in this directory), the run store this command would have used."""
+    """The same query through a running `cirkit serve`: every path made absolute from here, the run
+    store this command would have used; the server's messages name paths as they were typed."""
     from contextlib import nullcontext
 
     from cirkit.console import stderr
-    from cirkit.store import default_data_dir
+    from cirkit.serve.client import remote_query
+    from cirkit.serve.protocol import build_request, default_data_dir
 
-    store_dir = str(data_dir) if data_dir is not None else str(default_data_dir())
-    request = {
-        "data_dir": store_dir, "index": str(index), "pipeline": str(pipeline), "prompts": prompts, "k": k,
-        "use_cache": use_cache, "raise_on_failure": queries is None,
-    }
-    if queries is not None:
-        request["queries_file"] = str(queries)
-    else:
-        request["queries"] = [{"image": str(image), "text": text}]
+    request, names = build_request(
+        data_dir=data_dir if data_dir is not None else default_data_dir(), index=index, pipeline=pipeline,
+        prompts=prompts, k=k, use_cache=use_cache, raise_on_failure=queries is None,
+        queries_file=queries, image=image, text=text,
+    )
     with stderr.status(f"query: on the cirkit server at {url}", spinner="dots") if progress else nullcontext():
-        return remote_query(url, request, data_dir=store_dir)
+        return remote_query(url, request, names)
 
 
 def _print_runs(runs: list, *, single: bool, as_json: bool) -> None:

@@ -6,20 +6,22 @@ from typing import Annotated, Optional
 
 import typer
 
-from cirkit.serve.client import DEFAULT_HOST, DEFAULT_PORT, PORT_ENV
-
 
 def serve(
     pipeline: Annotated[
         Optional[list[str]],
         typer.Option("--pipeline", "-p", help="Pipeline whose models to load at start (repeat for several; default: cirevl). Others load on first use and stay."),
     ] = None,
-    host: Annotated[str, typer.Option("--host", help="Address to listen on (127.0.0.1: this machine only).")] = DEFAULT_HOST,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
     port: Annotated[
-        Optional[int], typer.Option("--port", min=0, max=65535, help=f"Port (default: ${PORT_ENV}, else {DEFAULT_PORT}; 0 picks a free one).")
+        Optional[int], typer.Option("--port", min=0, max=65535, help="Port (default: $CIRKIT_PORT, else 8477; 0 picks a free one).")
     ] = None,
 ) -> None:
-    """Keep models loaded and answer queries: `cirkit query` uses a running server (warm, seconds) unless --local."""
+    """Keep models loaded and answer queries: `cirkit query` uses a running server (warm, seconds) unless --local.
+
+    Only your own `cirkit query` can use it: it answers requests that carry the token it writes to a
+    file only you can read, and refuses web pages and other host names.
+    """
     from cirkit.pipelines import DEFAULT_PIPELINE
     from cirkit.serve.server import QueryServer
 

@@ -1,7 +1,7 @@
 """Talking to `cirkit serve`: finding a server, sending a query, and what to do when it dies.
 
-Kept light (standard library only) so that a query through a warm server does not pay for
-importing torch and friends in the client. The protocol is described in cirkit/server.py.
+Kept light (the standard library and pydantic) so that a query through a warm server does not pay
+for importing torch and friends in the client. The protocol is described in cirkit/serve/protocol.py.
 """
 
 from __future__ import annotations
@@ -17,27 +17,16 @@ from urllib.parse import urlsplit
 
 from cirkit import __version__
 from cirkit.errors import CirkitError, one_line
+from cirkit.serve.protocol import (
+    DEFAULT_HOST, JSON_TYPE, PORT_ENV, PROTOCOL, PROTOCOL_HEADER, SERVER_ENV, TOKEN_HEADER, PathNames, QueryRequest,
+    default_port, read_token,
+)
 
-PROTOCOL = 1
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8477
-PORT_ENV = "CIRKIT_PORT"
-SERVER_ENV = "CIRKIT_SERVER"
 CONNECT_TIMEOUT = 0.5  # seconds: nobody listening on localhost is refused at once; this bounds odd networks
 HEALTH_TIMEOUT = 10.0  # seconds for a listening server to answer /health (it answers from its own thread)
 
 
 # ---------------------------------------------------------------- addresses
-
-
-def default_port() -> int:
-    """$CIRKIT_PORT, else DEFAULT_PORT."""
-    value = os.environ.get(PORT_ENV, "").strip()
-    if not value:
-        return DEFAULT_PORT
-    if not value.isdigit() or not 0 < int(value) < 65536:
-        raise CirkitError(f"${PORT_ENV} must be a port number (1-65535), got '{value}'")
-    return int(value)
 
 
 def server_url(url: str | None = None) -> str:
@@ -58,27 +47,39 @@ def _address(url: str) -> tuple[str, int]:
     return parts.hostname, port
 
 
+def server_token(url: str) -> str:
+    """The token of this user's server at `url` (kept per port), or one line saying why there is none."""
+    try:
+        return read_token(_address(url)[1])
+    except CirkitError as exc:
+        raise CirkitError(f"a cirkit server answers at {url}, but {exc}: only the user who started it can use it; "
+                          "use --local, or another --port") from None
+
+
 # ---------------------------------------------------------------- talking to a server
 
 
 @dataclass
 class Health:
+    """What /health says; busy, queries, model_loads and models only to a request with the token."""
+
     url: str
     pid: int
     ready: bool
-    busy: bool
-    queries: int
-    model_loads: int
-    models: list[str]
+    busy: bool | None = None
+    queries: int | None = None
+    model_loads: int | None = None
+    models: list[str] | None = None
 
 
-def health(url: str, *, timeout: float = HEALTH_TIMEOUT) -> Health | None:
+def health(url: str, *, timeout: float = HEALTH_TIMEOUT, token: str | None = None) -> Health | None:
     """The server at `url`, or None when nothing listens there (or it does not answer in time).
 
     Something that answers, but not as a cirkit server of this protocol version, is a CirkitError.
     """
     host, port = _address(url)
     conn = http.client.HTTPConnection(host, port, timeout=CONNECT_TIMEOUT)
+    headers = {"Accept": JSON_TYPE, **({TOKEN_HEADER: token} if token else {})}
     try:
         try:
             conn.connect()
@@ -86,7 +87,7 @@ def health(url: str, *, timeout: float = HEALTH_TIMEOUT) -> Health | None:
             return None  # refused, unreachable: no server
         conn.sock.settimeout(timeout)
         try:
-            conn.request("GET", "/health", headers={"Accept": "application/json"})
+            conn.request("GET", "/health", headers=headers)
             response = conn.getresponse()
             body = response.read(1024 * 1024)
         except TimeoutError:
@@ -100,6 +101,8 @@ def health(url: str, *, timeout: float = HEALTH_TIMEOUT) -> Health | None:
         data = json.loads(body)
     except ValueError:
         data = None
+    if response.status in (401, 403) and isinstance(data, dict) and isinstance(data.get("error"), str):
+        raise CirkitError(f"the cirkit server at {url} refused: {data['error']}")
     if response.status != 200 or not isinstance(data, dict) or data.get("service") != "cirkit":
         raise CirkitError(f"{url} answered, but not as a cirkit server (HTTP {response.status}): "
                           f"point --server/${SERVER_ENV}/${PORT_ENV} elsewhere, or use --local")
@@ -107,8 +110,11 @@ def health(url: str, *, timeout: float = HEALTH_TIMEOUT) -> Health | None:
         raise CirkitError(f"the cirkit server at {url} (version {data.get('version')}) speaks protocol {data.get('protocol')}, "
                           f"this cirkit ({__version__}) speaks {PROTOCOL}: restart `cirkit serve` from this installation, or use --local")
     try:
-        return Health(url, int(data["pid"]), bool(data["ready"]), bool(data["busy"]), int(data["queries"]),
-                      int(data["model_loads"]), [str(m) for m in data["models"]])
+        state = Health(url, int(data["pid"]), bool(data["ready"]))
+        if token:
+            state.busy, state.queries, state.model_loads = bool(data["busy"]), int(data["queries"]), int(data["model_loads"])
+            state.models = [str(m) for m in data["models"]]
+        return state
     except (KeyError, TypeError, ValueError):
         raise CirkitError(f"the cirkit server at {url} sent a malformed health answer: use --local") from None
 
@@ -127,15 +133,18 @@ def find_server(url: str | None = None) -> str | None:
     return None
 
 
-def remote_query(url: str, request: dict[str, Any], *, data_dir: str) -> list[dict[str, Any]]:
-    """Send one query request; returns the stored runs as `query_many` returns them.
+def remote_query(url: str, request: QueryRequest, names: PathNames | None = None) -> list[dict[str, Any]]:
+    """Send one query request, with this user's token for the server; returns the stored runs as
+    `query_many` returns them. Paths in error messages are named as `names` says the user typed them.
 
-    The request carries everything but the protocol and working directory, which are added here.
-    If the server goes away before answering, the runs it had started are marked failed in the run
-    store at `data_dir`, and a CirkitError says so.
+    If the server goes away before answering, the runs it had started are marked failed in the
+    request's run store, and a CirkitError says so.
     """
+    local = names.local if names is not None else (lambda message: message)
     host, port = _address(url)
-    body = json.dumps({"protocol": PROTOCOL, "cwd": os.getcwd(), **request}, ensure_ascii=False).encode("utf-8")
+    token = server_token(url)
+    body = request.model_dump_json(exclude_none=True).encode("utf-8")
+    headers = {"Content-Type": JSON_TYPE, TOKEN_HEADER: token, PROTOCOL_HEADER: str(PROTOCOL)}
     conn = http.client.HTTPConnection(host, port, timeout=CONNECT_TIMEOUT)
     started: list[str] = []
     try:
@@ -145,10 +154,10 @@ def remote_query(url: str, request: dict[str, Any], *, data_dir: str) -> list[di
             raise CirkitError(f"the cirkit server at {url} stopped answering ({one_line(exc)}): run the query again") from None
         conn.sock.settimeout(None)  # a query takes as long as the models take
         try:
-            conn.request("POST", "/query", body=body, headers={"Content-Type": "application/json"})
+            conn.request("POST", "/query", body=body, headers=headers)
             response = conn.getresponse()
             if response.status != 200:
-                raise CirkitError(_error_answer(url, response))
+                raise CirkitError(local(_error_answer(url, response)))
             for line in response:
                 message = _message(url, line)
                 if "run" in message:
@@ -156,7 +165,7 @@ def remote_query(url: str, request: dict[str, Any], *, data_dir: str) -> list[di
                 elif "runs" in message and isinstance(message["runs"], list):
                     return message["runs"]
                 elif "error" in message:
-                    raise CirkitError(str(message["error"]))
+                    raise CirkitError(local(str(message["error"])))
                 else:
                     raise CirkitError(f"the cirkit server at {url} sent a message this client does not know: use --local")
             reason = "the connection closed before the answer"
@@ -164,7 +173,7 @@ def remote_query(url: str, request: dict[str, Any], *, data_dir: str) -> list[di
             reason = f"{type(exc).__name__}: {one_line(exc)}" if str(exc) else type(exc).__name__
     finally:
         conn.close()
-    failed = mark_failed(data_dir, started, f"the cirkit server at {url} stopped before this run finished")
+    failed = mark_failed(request.data_dir, started, f"the cirkit server at {url} stopped before this run finished")
     what = f"; its unfinished run{'s' if len(failed) > 1 else ''} {', '.join(failed)} marked failed" if failed else ""
     raise CirkitError(f"the cirkit server at {url} stopped mid-query ({reason}){what}; run the query again (--local runs it here)")
 
@@ -182,11 +191,14 @@ def _message(url: str, line: bytes) -> dict[str, Any]:
 def _error_answer(url: str, response: http.client.HTTPResponse) -> str:
     try:
         data = json.loads(response.read(1024 * 1024))
-        if isinstance(data, dict) and isinstance(data.get("error"), str):
-            return data["error"]
+        message = data.get("error") if isinstance(data, dict) else None
     except (OSError, ValueError, http.client.HTTPException):
-        pass
-    return f"the cirkit server at {url} refused the query (HTTP {response.status}): use --local"
+        message = None
+    if not isinstance(message, str):
+        return f"the cirkit server at {url} refused the query (HTTP {response.status}): use --local"
+    if response.status in (401, 403):
+        return f"the cirkit server at {url} refused the query: {message}"
+    return message
 
 
 def mark_failed(data_dir: str | None, run_ids: list[str], error: str) -> list[str]:

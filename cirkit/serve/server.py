@@ -3,18 +3,14 @@
 A query from the command line that loads a BLIP-2 and an LLM takes minutes; through a server whose
 models are already loaded it takes seconds. The server answers one query (or one batch) at a time:
 models are shared, so a lock serializes requests. It runs exactly what `cirkit query --local` runs
-(`cirkit.api.query_many`) in the client's working directory, with the client's run store, index,
-pipeline, prompt swaps and k, so the results, the stored runs and the printed output are the same.
+(`cirkit.api.query_many`) with the client's run store, index, pipeline, prompt swaps and k, all sent
+as absolute paths, so the results, the stored runs and the printed output are the same.
 
-Protocol (version cirkit.serve.client.PROTOCOL), JSON over HTTP/1.0, on 127.0.0.1 by default:
-
-    GET  /health  -> {"service": "cirkit", "protocol": 1, "version", "pid", "ready", "busy",
-                      "queries", "model_loads", "models"}
-    POST /query   <- {"protocol": 1, "cwd", "data_dir", "index", "pipeline", "prompts", "k",
-                      "use_cache", "raise_on_failure", and "queries": [{"image", "text", "id"?,
-                      "targets"?}] or "queries_file": PATH}
-                  -> newline-delimited JSON, streamed: {"run": ID} as each run is started, then
-                     one final {"runs": [...]} (as query_many returns them) or {"error": "one line"}
+It acts only for its owner. At start it writes a random token to a file only its user can read
+(cirkit.serve.protocol.token_path); a request without that token gets 401. A request from a web
+page (it carries an Origin header) or sent to another host name than the one it listens on (DNS
+rebinding) gets 403. /health answers without the token, with nothing but what identifies a cirkit
+server. The protocol is described in cirkit/serve/protocol.py.
 
 A client that loses the connection before the final line (the server died) marks the runs it was
 told about as failed, so that `cirkit runs list` shows them as such. A server stopped by Ctrl-C
@@ -24,6 +20,7 @@ marks the runs of the query in progress failed itself.
 from __future__ import annotations
 
 import errno
+import hmac
 import json
 import os
 import signal
@@ -34,10 +31,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
 from cirkit import __version__
-from cirkit.serve.client import DEFAULT_HOST, PORT_ENV, PROTOCOL, default_port, health, mark_failed
 from cirkit.engines import ModelPool
 from cirkit.errors import CirkitError, one_line
-from cirkit.store import RunStore
+from cirkit.serve.client import health, mark_failed
+from cirkit.serve.protocol import (
+    DEFAULT_HOST, JSON_TYPE, PORT_ENV, PROTOCOL, PROTOCOL_HEADER, TOKEN_HEADER, QueryRequest, allowed_hosts, default_port,
+    parse_request, remove_token, write_token,
+)
 
 MAX_REQUEST_BYTES = 64 * 1024 * 1024
 
@@ -97,6 +97,12 @@ class QueryServer:
         self.httpd.app = self
         self.host, self.port = host, self.httpd.server_address[1]
         self.url = f"http://{host if ':' not in host else f'[{host}]'}:{self.port}"
+        self.hosts = allowed_hosts(host, self.port)
+        try:
+            self.token_file, self.token = write_token(self.port)
+        except CirkitError:
+            self.httpd.server_close()
+            raise
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
 
     def preload(self, pipelines: list[str]) -> None:
@@ -129,18 +135,37 @@ class QueryServer:
         if self.thread.is_alive():
             self.httpd.shutdown()
         self.httpd.server_close()
+        remove_token(self.token_file, self.token)
         return abandoned is not None
 
-    def health(self) -> dict[str, Any]:
-        return {
-            "service": "cirkit", "protocol": PROTOCOL, "version": __version__, "pid": os.getpid(),
-            "ready": self.ready, "busy": self.in_flight is not None, "queries": self.queries,
-            "model_loads": self.pool.loads, "models": self.pool.names(),
-        }
+    def health(self, *, owner: bool) -> dict[str, Any]:
+        """What identifies a cirkit server; to its owner (the token), also what it is doing."""
+        public = {"service": "cirkit", "protocol": PROTOCOL, "version": __version__, "pid": os.getpid(), "ready": self.ready}
+        if not owner:
+            return public
+        return {**public, "busy": self.in_flight is not None, "queries": self.queries,
+                "model_loads": self.pool.loads, "models": self.pool.names()}
 
-    def run_query(self, request: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -> None:
-        """One request, under the query lock, in the client's working directory: exactly what
-        `cirkit query --local` calls, with this server's warm models."""
+    def refusal(self, headers, *, need_token: bool) -> tuple[int, str] | None:
+        """Why a request is refused (HTTP status, one line), or None: a web page's request (Origin,
+        Sec-Fetch-Site), another host name than this server's (DNS rebinding), a missing or wrong token."""
+        if headers.get("Origin") is not None or headers.get("Sec-Fetch-Site") is not None:
+            return 403, f"cirkit serve does not answer web pages (Origin: {headers.get('Origin')})"
+        if (headers.get("Host") or "").strip().lower() not in self.hosts:
+            return 403, (f"cirkit serve answers only requests addressed to {self.host}:{self.port} "
+                         f"(or localhost), not to Host '{headers.get('Host') or ''}'")
+        token = headers.get(TOKEN_HEADER)
+        if token is None:
+            return (401, f"no token: send the one in {self.token_file} (readable only by the user who started the server) "
+                         f"in the {TOKEN_HEADER} header") if need_token else None
+        if not hmac.compare_digest(token.encode("utf-8", "surrogateescape"), self.token.encode("ascii")):
+            return 401, (f"wrong token: the server's token is in {self.token_file} (readable only by the user who started "
+                         "it); a restarted server has a new one")
+        return None
+
+    def run_query(self, request: QueryRequest, emit: Callable[[dict[str, Any]], None]) -> None:
+        """One request, under the query lock: exactly what `cirkit query --local` calls, with this
+        server's warm models."""
         from cirkit.api import load_queries, query_many
         from cirkit.pipelines.runner import Query
 
@@ -149,30 +174,20 @@ class QueryServer:
                 emit({"error": "the cirkit server is stopping: run the query again (--local runs it here)"})
                 return
             start = time.perf_counter()
-            home = os.getcwd()
+            self.in_flight = (request.data_dir, [])
             try:
-                os.chdir(request["cwd"])
-            except (OSError, TypeError, KeyError) as exc:
-                emit({"error": f"the cirkit server cannot work in the client's directory {request.get('cwd')} "
-                               f"({one_line(exc)}): use --local"})
-                return
-            self.in_flight = (request.get("data_dir"), [])
-            store = None
-            try:
-                if request.get("queries_file") is not None:
-                    batch = load_queries(request["queries_file"])
+                if request.queries_file is not None:
+                    batch = load_queries(request.queries_file)
                 else:
-                    batch = [Query(q["image"], q["text"], q.get("id"), q.get("targets")) for q in request["queries"]]
-                store = _ReportingStore(request.get("data_dir"), self, emit)
+                    batch = [Query(q.image, q.text, q.id, q.targets) for q in request.queries or []]
                 runs = query_many(
-                    batch, request["index"], pipeline=request["pipeline"], prompts=request.get("prompts") or {},
-                    k=int(request["k"]), models=self.pool, progress=False,
-                    raise_on_failure=bool(request.get("raise_on_failure")), use_cache=bool(request.get("use_cache", True)),
-                    store=store,
+                    batch, request.index, pipeline=_pipeline_ref(request.pipeline), prompts=request.prompts, k=request.k,
+                    data_dir=request.data_dir, models=self.pool, progress=False, raise_on_failure=request.raise_on_failure,
+                    use_cache=request.use_cache, on_event=self._observer(request.data_dir, emit),
                 )
                 self.queries += len(batch)
                 failed = sum(run["status"] != "ok" for run in runs)
-                self.log(f"{len(runs)} quer{'y' if len(runs) == 1 else 'ies'} ({request['pipeline']}) in "
+                self.log(f"{len(runs)} quer{'y' if len(runs) == 1 else 'ies'} ({request.pipeline}) in "
                          f"{time.perf_counter() - start:.2f} s" + (f", {failed} failed" if failed else ""))
                 emit({"runs": runs})
             except _Stopping:
@@ -180,16 +195,28 @@ class QueryServer:
             except CirkitError as exc:
                 self.log(f"query refused: {one_line(exc)}")
                 emit({"error": one_line(exc)})
-            except (KeyError, TypeError, ValueError) as exc:
-                emit({"error": f"the cirkit server got a malformed query ({type(exc).__name__}: {one_line(exc)}): use --local"})
             except Exception as exc:  # a bug: one line for the client, as the CLI prints it locally
                 self.log(f"internal error: {type(exc).__name__}: {one_line(exc)}")
                 emit({"error": f"internal error in the cirkit server: {type(exc).__name__}: {one_line(exc)}"})
             finally:
-                if store is not None:
-                    store.close()
                 self.in_flight = None
-                os.chdir(home)
+
+    def _observer(self, data_dir: str, emit: Callable[[dict[str, Any]], None]) -> Callable[[str, dict[str, Any]], None]:
+        """What the runner tells as it goes: each started run goes to the client at once; once the
+        server is stopping, the query stops before it writes anything more."""
+
+        def observe(event: str, data: dict[str, Any]) -> None:
+            with self.write_lock:
+                if event == "run" and self.in_flight is not None:
+                    self.in_flight[1].append(data["run_id"])
+                if self.stopping:
+                    if event == "run":
+                        mark_failed(data_dir, [data["run_id"]], "the cirkit server was stopped before this run finished")
+                    raise _Stopping
+            if event == "run":
+                emit({"run": data["run_id"]})
+
+        return observe
 
     def serve(self, pipelines: list[str]) -> None:
         """Listen, preload the pipelines' models, answer until Ctrl-C (or SIGTERM), stop cleanly."""
@@ -200,6 +227,7 @@ class QueryServer:
                 load_pipeline(ref)
         except BaseException:
             self.httpd.server_close()
+            remove_token(self.token_file, self.token)
             raise
         main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, _raise_interrupt) if main else None
@@ -207,9 +235,9 @@ class QueryServer:
         try:
             self.thread.start()
             self.log(f"cirkit serve: listening on {self.url} (protocol {PROTOCOL}, pid {os.getpid()}); Ctrl-C stops it")
+            self.log(f"queries need the token in {self.token_file} (readable only by you)")
             if self.host not in ("127.0.0.1", "localhost", "::1"):
-                self.log(f"warning: listening on {self.host}: whoever reaches this port can run queries and read "
-                         "the files this process can read")
+                self.log(f"warning: listening on {self.host}: the token travels unencrypted (HTTP) to this port")
             self.preload(pipelines)
             self.log("ready: `cirkit query` uses this server (models stay loaded); `cirkit query --local` runs without it")
             while True:
@@ -244,41 +272,14 @@ def _bind_error(host: str, port: int, exc: OSError) -> str:
     return f"cannot listen on {host}:{port}: {one_line(exc.strerror or exc)}"
 
 
-class _ReportingStore(RunStore):
-    """The client's run store, written by the runner as usual, except that each started run is
-    announced to the client at once, and nothing is written once the server is stopping."""
+def _pipeline_ref(ref: str) -> str:
+    """A pipeline file by its absolute path, or a built-in pipeline by name, never a file in this
+    server's directory."""
+    from cirkit.pipelines.spec import builtin_names, builtin_path
 
-    def __init__(self, data_dir, server: QueryServer, emit: Callable[[dict[str, Any]], None]):
-        super().__init__(data_dir)
-        self.server, self.emit = server, emit
-
-    def _check(self) -> None:
-        if self.server.stopping:
-            raise _Stopping
-
-    def start_run(self, **kwargs) -> str:
-        with self.server.write_lock:
-            self._check()
-            run_id = super().start_run(**kwargs)
-            if self.server.in_flight is not None:
-                self.server.in_flight[1].append(run_id)
-        self.emit({"run": run_id})
-        return run_id
-
-    def add_step(self, run_id, step) -> None:
-        with self.server.write_lock:
-            self._check()
-            super().add_step(run_id, step)
-
-    def cache_put(self, key, step) -> None:
-        with self.server.write_lock:
-            self._check()
-            super().cache_put(key, step)
-
-    def finish_run(self, run_id, *, results, error) -> None:
-        with self.server.write_lock:
-            self._check()
-            super().finish_run(run_id, results=results, error=error)
+    if os.path.isabs(ref) or builtin_path(ref) is not None:
+        return ref
+    raise CirkitError(f"pipeline not found: {ref}; built-in pipelines: {', '.join(builtin_names())}")
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -304,30 +305,43 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
+    def _refused(self, *, need_token: bool) -> bool:
+        refusal = self.server.app.refusal(self.headers, need_token=need_token)
+        if refusal is not None:
+            self.server.app.log(f"refused {self.command} {one_line(self.path)[:200]} (HTTP {refusal[0]}): {one_line(refusal[1])[:300]}")
+            self._json(refusal[0], {"error": refusal[1]})
+        return refusal is not None
+
     def do_GET(self) -> None:  # noqa: N802
+        if self._refused(need_token=self.path != "/health"):
+            return
         if self.path != "/health":
             self._json(404, {"error": f"no such endpoint: GET {self.path}"})
             return
-        self._json(200, self.server.app.health())
+        self._json(200, self.server.app.health(owner=self.headers.get(TOKEN_HEADER) is not None))
 
     def do_POST(self) -> None:  # noqa: N802
+        app = self.server.app
+        if self._refused(need_token=True):
+            return
         if self.path != "/query":
             self._json(404, {"error": f"no such endpoint: POST {self.path}"})
+            return
+        if self.headers.get(PROTOCOL_HEADER) != str(PROTOCOL):
+            self._json(400, {"error": f"this client speaks cirkit protocol {self.headers.get(PROTOCOL_HEADER)}, the server at "
+                                      f"{app.url} ({__version__}) speaks {PROTOCOL}: restart `cirkit serve` "
+                                      "from the client's installation, or use --local"})
+            return
+        if (self.headers.get("Content-Type") or "").split(";")[0].strip().lower() != JSON_TYPE:
+            self._json(415, {"error": f"a query must be sent as {JSON_TYPE}"})
             return
         try:
             length = int(self.headers.get("Content-Length") or 0)
             if not 0 < length <= MAX_REQUEST_BYTES:
-                raise ValueError(f"bad request length {length}")
-            request = json.loads(self.rfile.read(length))
-            if not isinstance(request, dict):
-                raise ValueError("not a JSON object")
-        except (OSError, ValueError) as exc:
+                raise CirkitError(f"bad request length {length}")
+            request = parse_request(self.rfile.read(length))
+        except (OSError, ValueError, CirkitError) as exc:
             self._json(400, {"error": f"the cirkit server could not read the query ({one_line(exc)}): use --local"})
-            return
-        if request.get("protocol") != PROTOCOL:
-            self._json(400, {"error": f"this client speaks cirkit protocol {request.get('protocol')}, the server at "
-                                      f"{self.server.app.url} ({__version__}) speaks {PROTOCOL}: restart `cirkit serve` "
-                                      "from the client's installation, or use --local"})
             return
         try:
             self.send_response(200)
@@ -347,5 +361,5 @@ class _Handler(BaseHTTPRequestHandler):
             except OSError:  # the client went away (Ctrl-C): the query still finishes and is stored
                 client_gone = True
 
-        self.server.app.run_query(request, emit)
+        app.run_query(request, emit)
         self.close_connection = True
