@@ -48,6 +48,14 @@ def pipelines_validate(ctx: typer.Context, file: Annotated[str, typer.Argument(h
     pipeline = load_pipeline(file)
     steps = " -> ".join(f"{s.name} ({s.kind})" for s in pipeline.steps)
     stdout.print(f"ok: {pipeline.source}: pipeline '{pipeline.name}': {steps}")
+    for step in pipeline.wiring():
+        model = f" [{step['model']}: {step['model_id']}]" if step["model"] else ""
+        source = f" given by {step['given']}" if step["given"] else ""
+        stdout.print(escape(f"  {step['step']} ({step['kind']}){model}{source}"))
+        for name, wire in step["inputs"].items():
+            stdout.print(escape(f"    in   {name}: {wire['type']} <- {wire['from']}"))
+        for name, value_type in step["outputs"].items():
+            stdout.print(escape(f"    out  {name}: {value_type}"))
 
 
 def _use_data_dir(ctx: typer.Context):

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from cirkit.components.base import Component, ItemResult, clean_text, generate_keeping_answers
+from cirkit.components.values import Port
 from cirkit.engines.base import GenerationParams, GenerationRequest
 
 # Lines that start a new field of the prompt's pattern: the model went on past its answer.
@@ -32,8 +33,8 @@ class RewriteParams(GenerationParams):
 class Rewrite(Component):
     kind = "rewrite"
     description = "Edit the caption according to the modification text with an LLM (one or several templates, n samples)."
-    inputs = {"caption": "caption", "modification": "modification"}
-    outputs = ("description", "descriptions", "sources")
+    inputs = {"caption": Port("text", "caption"), "modification": Port("text", "modification")}
+    outputs = {"description": "text", "descriptions": "texts", "sources": "sources"}
     model_types = ("llm", "vlm")
     prompt_variables = ("caption", "modification")
     max_prompts = None
