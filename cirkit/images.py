@@ -133,6 +133,23 @@ def _lab_to_rgb(im: Image.Image) -> Image.Image:
         return im.convert("RGB")
 
 
+def pad_to_ratio(image: Image.Image, ratio: float) -> Image.Image:
+    """Pad with black, the same number of pixels on both sides of the short side, when the long side
+    is at least `ratio` times the short side: each side gets int((long / ratio - short) / 2) pixels,
+    so the result is about `ratio`:1. Other images are returned as they are."""
+    w, h = image.size
+    if min(w, h) == 0 or max(w, h) / min(w, h) < ratio:
+        return image
+    target = max(w, h) / ratio
+    hp = max(int((target - w) / 2), 0)
+    vp = max(int((target - h) / 2), 0)
+    if not hp and not vp:
+        return image
+    padded = Image.new(image.mode, (w + 2 * hp, h + 2 * vp), 0)
+    padded.paste(image, (hp, vp))
+    return padded
+
+
 def image_sha256(path: str | Path) -> str:
     """Hex SHA-256 of the file's bytes, read in chunks. Raises ImageError if unreadable."""
     try:

@@ -3,6 +3,13 @@
 `identity` names the exact model and preprocessing; a gallery index stores it, and a query whose
 CLIP identity differs is refused.
 
+Image preprocessing (`preprocess`): "clip" is open_clip's own (resize the short side, centre crop,
+normalize); "targetpad" first pads an image whose long side is at least `pad_ratio` times its short
+side with black, evenly on both sides of the short side, to about that ratio (cirkit.images.pad_to_ratio),
+then does the same. It applies to every image the model embeds: gallery images and reference images.
+The identity records targetpad as `preprocess_type` and `pad_ratio`; an identity without them
+(every index built before the option existed) means "clip".
+
 `precision` is the arithmetic of the forward pass: fp32, or bf16/fp16 under torch.autocast (weights
 stay fp32; matrix products run in half precision, norms and softmax in fp32). "auto" is fp32 on
 CPU and bf16 (fp16 where bf16 is missing) on CUDA. It is not part of the identity: vectors of
@@ -14,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +31,48 @@ from cirkit.errors import CirkitError, one_line
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PREPROCESS_TYPES = ("clip", "targetpad")
+DEFAULT_PAD_RATIO = 1.25
+
+
+def preprocess_option(value: Any) -> dict[str, Any] | None:
+    """A model entry's `preprocess` ("clip", "targetpad", or {name: targetpad, pad_ratio: R}) checked:
+    None for clip, else {"name": "targetpad", "pad_ratio": R}. Raises ValueError."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, dict):
+        raise ValueError("preprocess is 'clip', 'targetpad' or {name: targetpad, pad_ratio: 1.25}")
+    unknown = set(value) - {"name", "pad_ratio"}
+    if unknown:
+        raise ValueError(f"preprocess: unknown key(s) {sorted(unknown)}: give name and pad_ratio")
+    name = value.get("name", "targetpad" if "pad_ratio" in value else None)
+    if name not in PREPROCESS_TYPES:
+        raise ValueError(f"preprocess: unknown type {name!r}: choose clip or targetpad")
+    if name == "clip":
+        if "pad_ratio" in value:
+            raise ValueError("preprocess: pad_ratio goes with targetpad")
+        return None
+    ratio = value.get("pad_ratio", DEFAULT_PAD_RATIO)
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or ratio < 1:
+        raise ValueError(f"preprocess: pad_ratio must be a number >= 1, got {ratio!r}")
+    return {"name": "targetpad", "pad_ratio": float(ratio)}
+
+
+class TargetPad:
+    """The first transform of targetpad preprocessing (a class, so DataLoader workers can pickle it)."""
+
+    def __init__(self, ratio: float):
+        self.ratio = ratio
+
+    def __call__(self, image):
+        from cirkit.images import pad_to_ratio
+
+        return pad_to_ratio(image, self.ratio)
+
+    def __repr__(self) -> str:
+        return f"TargetPad(ratio={self.ratio})"
 _DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
@@ -45,16 +95,21 @@ def file_sha256(path: str | Path) -> str:
 class ClipModel:
     def __init__(
         self, name: str, pretrained: str | None = None, *, device: str = "auto", dtype: str = "auto",
-        precision: str = "auto",
+        precision: str = "auto", preprocess: str | dict[str, Any] | None = None,
     ):
         """`dtype` (a pipeline's setting) casts the weights; `precision` (see the module doc) runs an
-        fp32 model under autocast, and when given it overrides `dtype`."""
+        fp32 model under autocast, and when given it overrides `dtype`. `preprocess`: a model entry's
+        option of that name ("clip", "targetpad", {name: targetpad, pad_ratio: R}; None: clip)."""
         import open_clip
         import torch
 
         from cirkit.engines.transformers_engine import resolve_device, resolve_dtype
 
         check_precision(precision)
+        try:
+            padding = preprocess_option(preprocess)
+        except ValueError as exc:
+            raise CirkitError(str(exc)) from None
         self.device = resolve_device(device)
         self._autocast = None  # the half dtype of the forward pass under torch.autocast, if any
         if precision == "auto" and dtype != "auto":  # the weights cast as the pipeline says
@@ -97,6 +152,12 @@ class ClipModel:
         self.model.eval()
         preprocess_cfg = dict(getattr(self.model.visual, "preprocess_cfg", {}) or {})
         self._identity["preprocess"] = json.loads(json.dumps(preprocess_cfg))
+        if padding is not None:
+            from torchvision.transforms import Compose
+
+            self.preprocess = Compose([TargetPad(padding["pad_ratio"]), *self.preprocess.transforms])
+            self._identity["preprocess_type"] = "targetpad"
+            self._identity["pad_ratio"] = padding["pad_ratio"]
         self.dim = int(self.model.text_projection.shape[1]) if hasattr(self.model, "text_projection") and self.model.text_projection is not None else None
         if self.dim is None:
             with torch.no_grad():
@@ -158,4 +219,6 @@ def clip_identity_text(identity: dict[str, Any]) -> str:
     tag = identity.get("pretrained") or (
         "checkpoint " + identity["checkpoint_sha256"][:12] if "checkpoint_sha256" in identity else "random weights"
     )
+    if identity.get("preprocess_type", "clip") != "clip":
+        tag += f", {identity['preprocess_type']} preprocessing, pad ratio {identity.get('pad_ratio')}"
     return f"{identity.get('name')} ({tag})"

@@ -50,16 +50,24 @@ class ModelSpec(BaseModel):
     max_retries: int = Field(5, ge=0, le=100)
     class_path: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+    # clip models: image preprocessing, "clip" (open_clip's own) or "targetpad" ({name: targetpad,
+    # pad_ratio: 1.25}); checked into None (clip) or {name: targetpad, pad_ratio: R}
+    preprocess: str | dict[str, Any] | None = Field(None, exclude_if=lambda v: v is None)
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
         if self.type == "clip":
+            from cirkit.engines.open_clip_engine import preprocess_option
+
             self.engine = self.engine or "open_clip"
             if self.engine != "open_clip":
                 raise ValueError("a clip model runs on engine 'open_clip'")
             if not self.name:
                 raise ValueError("a clip model needs 'name' (open_clip model name or config JSON path)")
+            self.preprocess = preprocess_option(self.preprocess)
             return self
+        if self.preprocess is not None:
+            raise ValueError(f"'preprocess' (clip or targetpad) is an option of clip models, not of a {self.type} model")
         self.engine = self.engine or "transformers"
         if self.engine == "open_clip":
             raise ValueError(f"a {self.type} model runs on engine transformers, vllm, openai or langchain")
