@@ -45,15 +45,17 @@ def revise(
     models: ModelPool | None = None,
     use_cache: bool = True,
     progress: bool = False,
+    model_overrides: dict[str, dict[str, Any]] | None = None,
 ) -> list[str]:
     """Apply the revisions (batched per pipeline); returns the new run ids in order.
 
     Each new run uses the pipeline text stored with the original unless `pipeline` (a file or a
-    built-in name) is given, with `prompts` swapped in; where the original's pipeline file changed
+    built-in name) is given, with `prompts` swapped in and `model_overrides` replacing model entries
+    (on top of those the original's command line replaced); where the original's pipeline file changed
     since, the new run's change says so under "note". Validation problems raise CirkitError before
     anything is stored.
     """
-    plans = [_plan(store, r, pipeline, prompts) for r in revisions]
+    plans = [_plan(store, r, pipeline, prompts, model_overrides) for r in revisions]
     run_ids: list[str | None] = [None] * len(plans)
     groups: dict[tuple[str, str], list[int]] = {}
     for i, plan in enumerate(plans):
@@ -78,13 +80,13 @@ def revise(
     return run_ids  # type: ignore[return-value]
 
 
-def _plan(store: RunStore, revision: Revision, pipeline_ref, prompts) -> dict[str, Any]:
+def _plan(store: RunStore, revision: Revision, pipeline_ref, prompts, model_overrides=None) -> dict[str, Any]:
     run = store.get(revision.run_id)
     note = None
     if pipeline_ref is not None:
-        pipe = load_pipeline(pipeline_ref, prompts)
+        pipe = load_pipeline(pipeline_ref, prompts, model_overrides, benchmark=(run.overrides or {}).get("benchmark"))
     else:
-        pipe = stored_pipeline(run, prompts)
+        pipe = stored_pipeline(run, prompts, model_overrides)
         note = _source_note(run)
     step = pipe.step(revision.step) if revision.step else pipe.steps[0]
     start = pipe.steps.index(step)
@@ -137,7 +139,9 @@ def _plan(store: RunStore, revision: Revision, pipeline_ref, prompts) -> dict[st
     }
 
 
-def stored_pipeline(run: RunRecord, prompts: dict[str, list[str]] | None = None) -> Pipeline:
+def stored_pipeline(
+    run: RunRecord, prompts: dict[str, list[str]] | None = None, model_overrides: dict[str, dict[str, Any]] | None = None,
+) -> Pipeline:
     """The pipeline as the run ran it: its stored text, validated again, with the models and prompts
     its command line replaced (run.overrides) replaced again, and `prompts` swapped in on top.
     Relative paths in it resolve against the folder of the file it came from."""
@@ -151,9 +155,9 @@ def stored_pipeline(run: RunRecord, prompts: dict[str, list[str]] | None = None)
         raise CirkitError(f"run {run.id}: its stored pipeline is not valid YAML ({one_line(exc)}); give --pipeline") from None
     stored = run.overrides or {}
     prompts = {**(stored.get("prompts") or {}), **(prompts or {})}
-    models = {"model_overrides": stored["models"]} if stored.get("models") else {}
+    models = {**(stored.get("models") or {}), **(model_overrides or {})}
     try:
-        return validate_pipeline(data, source, run.pipeline_text, base_dir, prompts, **models)
+        return validate_pipeline(data, source, run.pipeline_text, base_dir, prompts, models, stored.get("benchmark"))
     except CirkitError as exc:
         raise CirkitError(f"run {run.id}: its stored pipeline no longer validates: {one_line(exc)}; give --pipeline") from None
 

@@ -66,3 +66,16 @@ def test_cli_model_flag_on_index_and_its_errors(cli, tmp_path, tiny_models, tiny
     res = cli("index", gallery, "--out", tmp_path / "idx2", "--pipeline", tiny_pipeline, "--model", "clip={name: [")
     assert res.exit_code == 1 and res.stderr.startswith("error: --model clip: not a YAML mapping")
     assert not (tmp_path / "idx2").exists()
+
+
+def test_rerun_with_a_model_override_keeps_the_original_ones(cli, tmp_path, tiny_models, tiny_pipeline, gallery_index, gallery):
+    from cirkit.api import query
+
+    run = query(next(gallery.glob("*.jpg")), "make it red", gallery_index, pipeline=tiny_pipeline,
+                data_dir=tmp_path / "data", model_overrides={"captioner": {"id": str(tiny_models.blip2), "dtype": "float32"}})
+    res = cli("runs", "rerun", run["id"], "--from", "rewrite", "--model", f"llm={{id: {tiny_models.llm}, dtype: float32}}")
+    assert res.exit_code == 0, res.stderr
+    new_id = res.stdout.split("new run ")[1].split()[0]
+    new = json.loads(cli("runs", "show", new_id, "--json").stdout)
+    assert set(new["overrides"]["models"]) == {"captioner", "llm"}
+    assert next(s for s in new["steps"] if s["name"] == "rewrite")["model"]["dtype"] == "float32"

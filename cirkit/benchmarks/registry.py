@@ -71,3 +71,11 @@ def load_group(bench: str, data_dir: str | Path, split: str) -> dict[str, Benchm
         raise _unknown(bench)
     b = load(bench, data_dir, split)
     return {b.split if bench == "genecis" else bench: b}
+
+
+def family(benchmark: Benchmark) -> str:
+    """The benchmark family a per-benchmark pipeline map names: cirr, circo, fashioniq,
+    genecis-focus-object (and the other three GeneCIS tasks), triplets."""
+    if benchmark.protocol == "genecis":
+        return "genecis-" + benchmark.split.replace("_", "-")
+    return benchmark.protocol

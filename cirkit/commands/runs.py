@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from cirkit.commands.common import open_store, parse_prompt_swaps, print_results, summarize
+from cirkit.commands.common import ModelOverrides, NoCache, PromptSwaps, open_store, parse_prompt_swaps, print_results, summarize
 from cirkit.console import stderr, stdout
 from cirkit.errors import CirkitError, one_line
 
@@ -118,7 +118,6 @@ def _verdict_line(v: dict[str, Any]) -> str:
 
 
 
-NoCache = Annotated[bool, typer.Option("--no-cache", help="Run every step again, even where the cache has its output.")]
 
 
 @runs_app.command("edit")
@@ -153,18 +152,21 @@ def runs_rerun(
     ctx: typer.Context,
     run_id: Annotated[str, typer.Argument(help="The run to re-run.")],
     from_step: Annotated[Optional[str], typer.Option("--from", help="Re-run this step and those after it (default: the first).")] = None,
-    prompt: Annotated[Optional[list[str]], typer.Option("--prompt", help="Swap a step's template: STEP=NAME_OR_FILE.")] = None,
+    prompt: PromptSwaps = None,
     pipeline: Annotated[Optional[str], typer.Option("--pipeline", "-p", help="Another pipeline file or built-in name (default: the text stored with the run).")] = None,
     no_cache: NoCache = False,
+    model: ModelOverrides = None,
 ) -> None:
     """Re-run a run from a step (keeping what came before), as a new run linked to the original."""
+    from cirkit.pipelines.spec import parse_model_overrides
     from cirkit.revise import Revision, revise
 
     store = open_store(ctx)
     run = store.get(run_id)
     swaps = parse_prompt_swaps(prompt or [])
     (new_id,) = revise(
-        store, [Revision(run.id, from_step)], pipeline=pipeline, prompts=swaps, use_cache=not no_cache, progress=True
+        store, [Revision(run.id, from_step)], pipeline=pipeline, prompts=swaps, model_overrides=parse_model_overrides(model),
+        use_cache=not no_cache, progress=True,
     )
     _report_new_run(store, run.id, new_id)
 

@@ -98,7 +98,8 @@ class StepSpec(BaseModel):
     name: str
     kind: str
     model: str | None = None
-    prompt: str | list[str] | None = None  # one template, or several for an ensemble
+    # one template, several for an ensemble, or a map {benchmark family or "default": template(s)}
+    prompt: str | list[str] | dict[str, str | list[str]] | None = None
     inputs: dict[str, str] = Field(default_factory=dict)
     params: dict[str, Any] = Field(default_factory=dict)
     # take the step's texts from a JSON file {query id or reference image name: text or [texts]}
@@ -237,7 +238,7 @@ def parse_model_overrides(items: list[str] | None) -> dict[str, dict[str, Any]]:
 
 def load_pipeline(
     ref: str | Path, prompt_overrides: dict[str, list[str]] | None = None,
-    model_overrides: dict[str, dict[str, Any]] | None = None,
+    model_overrides: dict[str, dict[str, Any]] | None = None, benchmark: str | None = None,
 ) -> Pipeline:
     """A built-in pipeline by name or a pipeline file by path, validated; loads no model.
 
@@ -257,13 +258,15 @@ def load_pipeline(
         raise CirkitError(f"{source}: cannot read pipeline file: {one_line(exc)}") from None
     except yaml.YAMLError as exc:
         raise CirkitError(f"{source}: not valid YAML: {one_line(exc)}") from None
-    return validate_pipeline(data, source, text, path.parent, prompt_overrides or {}, model_overrides or {})
+    return validate_pipeline(data, source, text, path.parent, prompt_overrides or {}, model_overrides or {}, benchmark)
 
 
 def validate_pipeline(
     data: Any, source: str, text: str, base_dir: Path, prompt_overrides: dict[str, list[str]],
-    model_overrides: dict[str, dict[str, Any]] | None = None,
+    model_overrides: dict[str, dict[str, Any]] | None = None, benchmark: str | None = None,
 ) -> Pipeline:
+    """`benchmark` (a family such as cirr or genecis-focus-attribute, see BENCHMARK_FAMILIES) picks
+    from per-benchmark prompt maps and `by_benchmark` params; None picks their `default`."""
     if not isinstance(data, dict):
         raise CirkitError(f"{source}: a pipeline file must be a mapping with 'name', 'models' and 'steps'")
     if model_overrides:
@@ -321,7 +324,7 @@ def validate_pipeline(
         elif spec_step.model:
             raise CirkitError(f"{where}: field 'model': a {spec_step.kind} step takes no model")
 
-        refs = prompt_overrides.get(spec_step.name, spec_step.prompt) or []
+        refs = prompt_overrides.get(spec_step.name) or _for_benchmark(spec_step.prompt, benchmark, f"{where}: field 'prompt'") or []
         refs = [refs] if isinstance(refs, str) else list(refs)
         prompts = []
         if component.prompt_variables is not None and given is None:
@@ -346,7 +349,12 @@ def validate_pipeline(
             raise CirkitError(f"{where}: field 'prompt': a {spec_step.kind} step takes no prompt")
 
         try:
-            params = component.Params.model_validate(spec_step.params)
+            chosen = {
+                key: _for_benchmark(value["by_benchmark"], benchmark, f"{where}: field 'params.{key}.by_benchmark'")
+                if isinstance(value, dict) and set(value) == {"by_benchmark"} and isinstance(value["by_benchmark"], dict) else value
+                for key, value in spec_step.params.items()
+            }
+            params = component.Params.model_validate(chosen)
         except ValidationError as exc:
             err = exc.errors()[0]
             field = ".".join(str(x) for x in err["loc"])
@@ -385,7 +393,7 @@ def validate_pipeline(
         for out, value_type in component.outputs.items():
             available[out] = available[f"{spec_step.name}.{out}"] = value_type
         steps.append(Step(spec_step, params, prompts, wiring, given))
-    overrides = {key: value for key, value in (("models", model_overrides), ("prompts", prompt_overrides)) if value}
+    overrides = {key: value for key, value in (("models", model_overrides), ("prompts", prompt_overrides), ("benchmark", benchmark)) if value}
     return Pipeline(spec, steps, source, text, overrides or None)
 
 
@@ -399,6 +407,27 @@ def _with_models(data: dict[str, Any], overrides: dict[str, dict[str, Any]], sou
         old_type = models[name].get("type") if isinstance(models[name], dict) else None
         replaced[name] = {"type": old_type, **entry} if old_type and "type" not in entry else dict(entry)
     return {**data, "models": replaced}
+
+
+# What a per-benchmark map may name: a benchmark family, `genecis` for its four tasks, or `default`.
+BENCHMARK_FAMILIES = (
+    "cirr", "circo", "fashioniq", "genecis-focus-object", "genecis-change-object",
+    "genecis-focus-attribute", "genecis-change-attribute", "triplets",
+)
+
+
+def _for_benchmark(value: Any, benchmark: str | None, where: str) -> Any:
+    """The entry of a per-benchmark map for this benchmark family (else its group, else `default`)."""
+    if not isinstance(value, dict):
+        return value
+    unknown = sorted(set(value) - {*BENCHMARK_FAMILIES, "genecis", "default"})
+    if unknown:
+        raise CirkitError(f"{where}: '{unknown[0]}' is not a benchmark family (known: {', '.join(BENCHMARK_FAMILIES)}, genecis, default)")
+    for key in (benchmark, benchmark.split("-")[0] if benchmark else None, "default"):
+        if key in value:
+            return value[key]
+    for_what = f"benchmark '{benchmark}'" if benchmark else "a query outside a benchmark"
+    raise CirkitError(f"{where}: the per-benchmark map has no entry for {for_what} and no 'default' (it has: {', '.join(value)})")
 
 
 def _listing(available: dict[str, str], value_type: str) -> str:
