@@ -63,17 +63,18 @@ def index_folder(
 
         import_ray()  # a missing Ray is said before any work
 
-    dtype = "auto"
+    dtype, preprocess = "auto", None
     if not clip:
         spec = load_pipeline(pipeline or DEFAULT_PIPELINE, model_overrides=model_overrides).clip_model()
-        clip, pretrained, dtype = spec.name, spec.pretrained, spec.dtype
+        clip, pretrained, dtype, preprocess = spec.name, spec.pretrained, spec.dtype, spec.preprocess
         device = spec.device if device == "auto" else device
-    model = ClipModel(clip, pretrained, device=device, dtype=dtype, precision=precision)
+    model = ClipModel(clip, pretrained, device=device, dtype=dtype, precision=precision, preprocess=preprocess)
     embedder = None
     if engine == "ray":
         from cirkit.gallery.ray_embed import RayEmbedder
 
-        embedder = RayEmbedder({"name": clip, "pretrained": pretrained, "dtype": dtype, "precision": precision}, device=device,
+        args = {"name": clip, "pretrained": pretrained, "dtype": dtype, "precision": precision, "preprocess": preprocess}
+        embedder = RayEmbedder(args, device=device,
                                address=ray_address, actors=ray_actors)
         embedder.preflight()
     return build_index(

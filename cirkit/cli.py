@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import typer
 from rich.markup import escape
@@ -46,6 +47,8 @@ app.add_typer(eval_app, name="eval")
 @app.callback()
 def _root(ctx: typer.Context, data_dir: DataDir = None) -> None:
     ctx.obj = {"data_dir": data_dir}
+    if data_dir is not None:  # the run store and imported prompt templates both live there
+        os.environ["CIRKIT_DATA_DIR"] = str(Path(data_dir).expanduser().resolve())
 
 
 def _eval_shorthand(args: list[str]) -> list[str]:

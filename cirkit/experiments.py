@@ -1,9 +1,11 @@
 """Evaluating a pipeline on a benchmark split: index its gallery, run every query in batches,
 score with the official protocol, store one experiment with every query's run.
 
-Rankings: the pipeline's search gives the top results from the whole gallery; where a protocol
-ranks a per-query candidate set (CIRR's image set, GeneCIS), the candidates missing from those
-top results follow in the order of their cosine similarity to the (mean-fused) query vector.
+Rankings are the pipeline's own: where a protocol ranks a per-query candidate set (CIRR's image
+set, GeneCIS), the queries carry their candidates and the pipeline's search ranks them by its final
+scores (after every fusion and re-scoring), so a rerank step judges them too. GeneCIS attribute
+tasks rank object instances: their crops are written once under DATA/.cirkit-crops/ and indexed as
+images.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
-from cirkit.benchmarks import Benchmark, evaluate, load, write_circo_submission, write_cirr_submission
-from cirkit.components.search import fuse_vectors
-from cirkit.console import stderr
+from cirkit.benchmarks import Benchmark, evaluate, load, load_group, write_circo_submission, write_cirr_submission
+from cirkit.benchmarks.evaluation import GROUP_KEYS
+from cirkit.benchmarks.metrics import average_over
+from cirkit.benchmarks.registry import family
+from cirkit.console import progress_bar, stderr
 from cirkit.engines import ModelPool
-from cirkit.errors import CirkitError
+from cirkit.errors import CirkitError, ImageError
 from cirkit.gallery import GalleryIndex, build_index
 from cirkit.pipelines import load_pipeline
 from cirkit.pipelines.runner import Query, run_queries
@@ -53,8 +56,8 @@ def run_experiment(
 ) -> Experiment:
     benchmark = load(bench, data_dir, split)
     if benchmark.boxes:
-        raise CirkitError(f"{benchmark.title}: tasks on instance boxes (GeneCIS attribute tasks) are not supported by `cirkit eval` yet")
-    spec = load_pipeline(pipeline, model_overrides=model_overrides)
+        benchmark = _as_crop_files(benchmark, progress)
+    spec = load_pipeline(pipeline, model_overrides=model_overrides, benchmark=family(benchmark))
     queries = benchmark.queries[:limit] if limit else benchmark.queries
     clip_spec = spec.clip_model()
     models = ModelPool()
@@ -68,7 +71,6 @@ def run_experiment(
     index = GalleryIndex.open(index_dir)
     name_of = {path: name for name, path in benchmark.gallery.items()}
     available = {name_of[p] for p in index.paths if p in name_of}
-    row_of = {name_of[p]: i for i, p in enumerate(index.paths) if p in name_of}
 
     # with ground truth, a query whose reference image is missing or unreadable is not run: it counts as a miss
     runnable = [q for q in queries if not benchmark.has_ground_truth or q.reference not in benchmark.gallery
@@ -80,7 +82,9 @@ def run_experiment(
         chunk = runnable[start : start + batch_size]
         batch = [
             Query(benchmark.data_dir / benchmark.gallery.get(q.reference, q.reference), q.text, q.id,
-                  [benchmark.gallery[t] for t in q.targets if t in benchmark.gallery])
+                  [benchmark.gallery[t] for t in q.targets if t in benchmark.gallery],
+                  candidates=[benchmark.gallery[c] for c in q.candidates if c in benchmark.gallery] if q.candidates else None,
+                  only_candidates=benchmark.protocol == "genecis")
             for q in chunk
         ]
         ids = run_queries(spec, batch, index=index, store=store, models=models, k=DEPTH, progress=progress,
@@ -95,13 +99,7 @@ def run_experiment(
         if run.status != "ok":
             failed += 1
             continue
-        ranking = [name_of[hit["path"]] for hit in run.results or [] if hit["path"] in name_of]
-        if query.candidates:
-            ranking = _with_candidates(ranking, query.candidates, _query_vector(run), index, row_of)
-            if benchmark.protocol == "genecis":  # the protocol ranks the query's own candidates only
-                allowed = set(query.candidates)
-                ranking = [name for name in ranking if name in allowed]
-        rankings[qid] = ranking
+        rankings[qid] = [name_of[hit["path"]] for hit in run.results or [] if hit["path"] in name_of]
     part = _subset(benchmark, queries)
     submission: list[Path] = []
     if benchmark.has_ground_truth:
@@ -173,19 +171,50 @@ def _subset(benchmark: Benchmark, queries) -> Benchmark:
     return replace(benchmark, queries=list(queries))
 
 
-def _query_vector(run) -> np.ndarray | None:
-    for step in run.steps:
-        if "query_vectors" in step.outputs:
-            return fuse_vectors(np.asarray(step.outputs["query_vectors"], dtype=np.float32))
-    return None
+def run_group(bench: str, data_dir: str | Path, split: str, **options: Any) -> tuple[list[tuple[str, Experiment]], dict[str, float]]:
+    """Every member of a group (FashionIQ's three categories, GeneCIS's tasks with split `all`), one
+    experiment each, and the average the papers report (FashionIQ R@10/50, GeneCIS R@1..3)."""
+    members = load_group(bench, data_dir, split)
+    done = []
+    for key, member in members.items():
+        name, part = (member.name, member.split)
+        done.append((key, run_experiment(name, data_dir, part, **options)))
+    keys = GROUP_KEYS.get(next(iter(members.values())).protocol, ())
+    scored = {key: exp.metrics for key, exp in done if all(k in exp.metrics for k in keys)}
+    return done, (average_over(scored, keys) if keys and len(scored) == len(done) else {})
 
 
-def _with_candidates(ranking: list[str], candidates, vector, index: GalleryIndex, row_of: dict[str, int]) -> list[str]:
-    rest = [c for c in dict.fromkeys(candidates) if c not in set(ranking) and c in row_of]
-    if vector is not None and rest:
-        scores = np.asarray(index.vectors[[row_of[c] for c in rest]]) @ vector
-        rest = [rest[i] for i in np.argsort(-scores, kind="stable")]
-    return ranking + rest
+def _as_crop_files(benchmark: Benchmark, progress: bool) -> Benchmark:
+    """The benchmark with each instance box's crop written as a PNG under DATA/.cirkit-crops/ (once), so
+    that the crops are indexed and queried like any image. An unreadable source image leaves its crop
+    missing, which counts as a miss."""
+    from dataclasses import replace
+
+    folder = Path(".cirkit-crops") / benchmark.name / benchmark.split
+    (benchmark.data_dir / folder).mkdir(parents=True, exist_ok=True)
+    gallery = {}
+    todo = []
+    for name in benchmark.gallery:
+        rel = folder / (name.replace(":", "_").replace(",", "_") + ".png")
+        gallery[name] = str(rel)
+        if name in benchmark.boxes and not (benchmark.data_dir / rel).is_file():
+            todo.append((name, rel))
+    unreadable = 0
+    with progress_bar(progress and bool(todo)) as bar:
+        task = bar.add_task(f"cropping {benchmark.title} instances", total=len(todo))
+        for name, rel in todo:
+            try:
+                crop = benchmark.load_image(name)
+            except (ImageError, CirkitError):
+                unreadable += 1
+            else:
+                tmp = benchmark.data_dir / rel.with_suffix(".tmp.png")
+                crop.save(tmp)
+                tmp.replace(benchmark.data_dir / rel)
+            bar.advance(task)
+    if unreadable:
+        stderr.print(f"{unreadable} instance crops could not be made (source image missing or unreadable)")
+    return replace(benchmark, gallery=gallery, boxes={})
 
 
 def _target_rank(query, ranking: list[str] | None, per_candidates: bool, drop_reference: bool = True) -> int | None:

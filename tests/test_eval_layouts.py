@@ -294,10 +294,8 @@ def test_genecis_focus_object(cli, tmp_path, tiny_pipeline):
         assert run.inputs["modification"] == s["condition"]
         candidates = list(dict.fromkeys([s["target"]["val_image_id"], *(g["val_image_id"] for g in s["gallery"])]))
         ranking = [int(n) for n in ranked_stems(run)]
-        assert len(ranking) == 13  # the whole gallery was searched ...
-        within = [n for n in ranking if n in candidates]  # ... and the protocol keeps the query's candidates
-        assert sorted(within) == sorted(candidates)
-        rank = within.index(s["target"]["val_image_id"]) + 1
+        assert sorted(ranking) == sorted(candidates)  # the pipeline's search ranked the query's candidates only
+        rank = ranking.index(s["target"]["val_image_id"]) + 1
         assert target_rank == rank <= len(candidates)
         for k in hits:
             hits[k] += rank <= k

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from cirkit.commands.common import AsJson, ModelOverrides, NoCache, PipelineRef, open_store
 from cirkit.console import stdout
+from cirkit.errors import CirkitError
 
 eval_app = typer.Typer(
     help="Evaluate on CIRR, CIRCO, FashionIQ, GeneCIS or your own triplets (`cirkit eval BENCH --data DIR --split S`).",
@@ -36,14 +37,27 @@ def eval_run(
     model: ModelOverrides = None,
 ) -> None:
     """Run a pipeline over a benchmark split in batches and score it with the official protocol."""
-    from cirkit.experiments import run_experiment
+    from cirkit.experiments import run_experiment, run_group
     from cirkit.pipelines.spec import parse_model_overrides
 
-    exp = run_experiment(
-        bench, data, split, pipeline=pipeline, store=open_store(ctx), index_dir=index, limit=limit,
-        batch_size=batch_size, submission_dir=submission, use_cache=not no_cache, progress=not as_json,
-        model_overrides=parse_model_overrides(model),
+    options = dict(
+        pipeline=pipeline, store=open_store(ctx), index_dir=index, limit=limit, batch_size=batch_size,
+        submission_dir=submission, use_cache=not no_cache, progress=not as_json, model_overrides=parse_model_overrides(model),
     )
+    if bench == "fashioniq" or (bench == "genecis" and split == "all"):
+        if index is not None:
+            raise CirkitError(f"--index names one gallery; {bench} --split {split} runs several: leave it out")
+        done, average = run_group(bench, data, split, **options)
+        if as_json:
+            print(json.dumps({"experiments": {key: {"experiment": exp.id, "metrics": exp.metrics, "failed_runs": exp.failed_runs}
+                                              for key, exp in done}, "average": average}))
+            return
+        for key, exp in done:
+            _metrics_table(exp.metrics, f"{bench} {key} (experiment {exp.id})")
+        if average:
+            _metrics_table(average, f"{bench} {split}: average over {len(done)}")
+        return
+    exp = run_experiment(bench, data, split, **options)
     if as_json:
         print(json.dumps({"experiment": exp.id, "metrics": exp.metrics, "failed_runs": exp.failed_runs, "submission": [str(p) for p in exp.submission]}))
         return

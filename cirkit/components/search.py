@@ -6,6 +6,10 @@ An ensemble of query vectors is fused here, as the pipeline file says:
             (then each weight covers that template's consecutive samples)
   rrf       reciprocal-rank fusion of the per-vector result lists: sum of 1 / (rrf_k + rank)
 
+A query that comes with candidate images (a benchmark's per-query set) gets them ranked by the same
+final scores: only them (`only`, GeneCIS), or the top k followed by the candidates not among them
+(CIRR's subsets), so that a later rerank and the evaluation see the pipeline's own ranking.
+
 Two optional re-scorings of the top `rescore_depth` candidates, from the index's stored vectors:
   gallery_captions: w   s = (1 - w) * cos(q, image) + w * cos(q, caption of the image), with the
                         captions computed at index time (`cirkit index ... --captions PIPELINE`)
@@ -64,7 +68,11 @@ class SearchParams(BaseModel):
 class Search(Component):
     kind = "search"
     description = "Rank the gallery by cosine similarity; fuse an ensemble of query vectors."
-    inputs = {"query_vectors": Port("vectors", "query_vectors"), "reference_vectors": Port("vectors", optional=True)}
+    inputs = {
+        "query_vectors": Port("vectors", "query_vectors"),
+        "reference_vectors": Port("vectors", optional=True),
+        "candidates": Port("candidates", "candidates", optional=True),
+    }
     outputs = {"results": "results"}
     Params = SearchParams
     cacheable = False  # cheap, and it depends on the gallery index
@@ -82,6 +90,13 @@ class Search(Component):
             )
 
     def run(self, items: list[dict[str, Any]]) -> list[ItemResult]:
+        results = self._search(items)
+        for item, result in zip(items, results):
+            if item.get("candidates") and result.error is None:
+                self._with_candidates(item, result)
+        return results
+
+    def _search(self, items: list[dict[str, Any]]) -> list[ItemResult]:
         results: list[ItemResult | None] = [None] * len(items)
         fused, fused_at = [], []
         for i, item in enumerate(items):
@@ -104,7 +119,32 @@ class Search(Component):
                 results[i] = self._rescore(query, items[i].get("reference_vectors"), ranked)
         return results  # type: ignore[return-value]
 
-    def _rescore(self, query: np.ndarray, reference: Any, ranked: list[dict[str, Any]]) -> ItemResult:
+    def _with_candidates(self, item: dict[str, Any], result: ItemResult) -> None:
+        """The query's own candidates ranked by the final scores: only them, or appended after the top k."""
+        wanted = [p for p in dict.fromkeys(item["candidates"]["paths"]) if p in self.index.row_of]
+        only = item["candidates"].get("only", False)
+        have = {hit["path"] for hit in result.outputs["results"]}
+        todo = wanted if only else [p for p in wanted if p not in have]
+        hits = [{"path": p, "file": str(self.index.root / p), "rank": 0, "score": 0.0} for p in todo]
+        if hits:
+            vectors = np.atleast_2d(np.asarray(item["query_vectors"], dtype=np.float32))
+            if self.params.fusion == "rrf" and len(vectors) > 1:
+                rows = np.array([self.index.row_of[p] for p in todo], dtype=np.int64)
+                sims = np.asarray(self.index.vectors[rows], dtype=np.float32) @ vectors.T
+                lists = [[{**hits[j], "rank": r + 1} for r, j in enumerate(np.argsort(-sims[:, v], kind="stable"))] for v in range(len(vectors))]
+                hits = rrf(lists, len(hits), self.params.rrf_k)
+            else:
+                query = fuse_vectors(vectors, self.params.weights if self.params.fusion == "weighted" else None)
+                hits = self._rescore(query, item.get("reference_vectors"), hits, keep=len(hits)).outputs["results"]
+        ranked = [] if only else result.outputs["results"]
+        result.outputs["results"] = ranked + [{**hit, "rank": len(ranked) + r + 1} for r, hit in enumerate(hits)]
+        missing = len(item["candidates"]["paths"]) - len(wanted)
+        result.notes.append(
+            f"ranked the query's {len(wanted)} candidates" + (" only" if only else f" ({len(hits)} after the top {len(ranked)})")
+            + (f"; {missing} are not in the index" if missing else "")
+        )
+
+    def _rescore(self, query: np.ndarray, reference: Any, ranked: list[dict[str, Any]], keep: int | None = None) -> ItemResult:
         """The candidates scored again: image and gallery-caption similarity, and the editing increment."""
         from cirkit.gallery.captions import GalleryCaptions
 
@@ -130,7 +170,7 @@ class Search(Component):
             parts["increment"] = delta
             scores = scores + inc.positive * np.maximum(delta, 0) - inc.negative * np.maximum(-delta, 0)
             notes.append(f"editing increment: positive {inc.positive}, negative {inc.negative}")
-        order = np.argsort(-scores, kind="stable")[: self.params.k]
+        order = np.argsort(-scores, kind="stable")[: keep or self.params.k]
         hits = [
             {**ranked[j], "rank": r + 1, "score": float(scores[j]), "scores": {name: float(v[j]) for name, v in parts.items()}}
             for r, j in enumerate(order)

@@ -16,6 +16,7 @@ VALUE_TYPES: dict[str, str] = {
     "results": "ranked gallery images [{rank, path, score, ...}]",
     "verdicts": "a judge's answer and score per judged candidate",
     "sources": "where each text of a list came from (template, sample)",
+    "candidates": "gallery images a benchmark gives a query: {paths, only} (rank only them, or them too)",
 }
 
 # A wire may also carry a value into an input of a wider type: one text is a list of one text.
@@ -40,4 +41,5 @@ class Port:
 
 
 # The values a query brings: the reference image (loaded, RGB) and the modification text.
-QUERY_VALUES: dict[str, str] = {"image": "image", "modification": "text"}
+# `candidates` is None unless the query comes with its own candidate images (GeneCIS, CIRR's subsets).
+QUERY_VALUES: dict[str, str] = {"image": "image", "modification": "text", "candidates": "candidates"}

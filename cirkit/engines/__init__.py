@@ -12,7 +12,7 @@ from cirkit.engines.base import Engine, Generation, GenerationParams, Generation
 def _open_clip(spec) -> Any:
     from cirkit.engines.open_clip_engine import ClipModel
 
-    return ClipModel(spec.name, spec.pretrained, device=spec.device, dtype=spec.dtype)
+    return ClipModel(spec.name, spec.pretrained, device=spec.device, dtype=spec.dtype, preprocess=spec.preprocess)
 
 
 def _transformers(spec) -> Any:

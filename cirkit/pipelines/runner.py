@@ -32,6 +32,8 @@ class Query:
     modification: str
     id: str | None = None  # the user's name for the query (a line of a queries file, a benchmark id)
     targets: list[str] | None = None  # known targets (gallery paths relative to the index root), if any
+    candidates: list[str] | None = None  # the query's own candidate images (gallery paths), if a benchmark gives them
+    only_candidates: bool = False  # rank only the candidates (GeneCIS), else the top k and then them (CIRR subsets)
 
 
 @dataclass
@@ -231,4 +233,8 @@ def _query_context(query: Query, load: bool = True) -> dict[str, Any]:
         inputs["query_id"] = query.id
     if query.targets:
         inputs["targets"] = list(query.targets)
-    return {"image": image, "modification": text, "_inputs": inputs, "_image_path": str(path), "_query_id": query.id}
+    candidates = {"paths": list(query.candidates), "only": query.only_candidates} if query.candidates else None
+    if candidates:
+        inputs["candidates"] = candidates
+    return {"image": image, "modification": text, "candidates": candidates, "_inputs": inputs, "_image_path": str(path),
+            "_query_id": query.id}
