@@ -31,15 +31,14 @@ def _write(tmp_path, text, name="p.yaml"):
     return path
 
 
-def test_builtin_cirevl_reproduces_the_paper_settings():
+def test_builtin_cirevl_is_the_method_shape_with_cirkits_own_prompts():
     p = load_pipeline("cirevl")
     assert [s.kind for s in p.steps] == ["caption", "rewrite", "embed", "search"]
     caption, rewrite = p.steps[0], p.steps[1]
     assert p.model_for(caption).id == "Salesforce/blip2-flan-t5-xl"
     assert caption.params.num_beams == 5 and caption.params.max_new_tokens == 30
-    assert caption.prompts[0].render() == [
-        {"role": "user", "content": "Describe the image in complete detail. You must especially focus on all the objects in the image"}
-    ]
+    assert "cirkit's own" in caption.prompts[0].spec.description and "cirkit's own" in rewrite.prompts[0].spec.description
+    assert "cirevl-paper" in p.text  # the file says where the paper's setup is
     assert rewrite.params.temperature == 0
     assert rewrite.prompts[0].spec.output.after == "Edited Description:"
     user = rewrite.prompts[0].render(caption="a dog", modification="make it red")[-1]["content"]
@@ -48,7 +47,13 @@ def test_builtin_cirevl_reproduces_the_paper_settings():
     assert (clip.name, clip.pretrained) == ("ViT-L-14", "openai")
 
 
-def test_every_builtin_validates():
+def test_every_builtin_validates(tmp_path, monkeypatch):
+    from cirkit.prompts.importer import import_prompts
+    from test_prompts_import import CIREVL_LIKE
+
+    monkeypatch.setenv("CIRKIT_DATA_DIR", str(tmp_path))
+    (tmp_path / "prompts.py").write_text(CIREVL_LIKE)
+    import_prompts(tmp_path / "prompts.py", "cirevl-paper")  # cirevl-paper uses the authors' prompts, imported
     assert "cirevl" in builtin_names()
     for name in builtin_names():
         load_pipeline(name)

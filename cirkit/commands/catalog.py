@@ -22,9 +22,14 @@ def pipelines_list() -> None:
     """The built-in pipelines."""
     from cirkit.pipelines import builtin_names, load_pipeline
 
+    from cirkit.errors import CirkitError, one_line
+
     table = Table("name", "description")
     for name in builtin_names():
-        table.add_row(name, escape(load_pipeline(name).spec.description))
+        try:
+            table.add_row(name, escape(load_pipeline(name).spec.description))
+        except CirkitError as exc:  # e.g. it needs templates the user imports first
+            table.add_row(name, escape(f"(not usable yet: {one_line(exc).split(': ', 3)[-1]})"))
     stdout.print(table)
 
 

@@ -336,7 +336,11 @@ def validate_pipeline(
                 try:
                     prompt = load_prompt(ref, base_dir)
                 except CirkitError as exc:
-                    raise CirkitError(f"{where}: field 'prompt': {exc}") from None
+                    group, _, constant = str(ref).partition("/")
+                    hint = ""
+                    if constant and "/" not in constant and not group.startswith((".", "~")) and not str(ref).endswith((".yaml", ".yml")):
+                        hint = f"; '{group}/...' templates are imported: cirkit prompts import PATH/TO/prompts.py --as {group}"
+                    raise CirkitError(f"{where}: field 'prompt': {exc}{hint}") from None
                 missing = [v for v in prompt.variables if v not in component.prompt_variables]
                 if missing:
                     raise CirkitError(
