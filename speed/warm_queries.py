@@ -10,8 +10,12 @@ Every query is a fresh `cirkit` process with --no-cache and its own reference im
 compute every step; the warm time includes the client's own start (Python, the CLI) and is what a
 user waits for. Cold and warm queries alternate, so both see the same machine load.
 
+The client's share of a warm query is its wall time minus the time the server spent on it (from
+the server's log); it is compared with the time of `cirkit --help` (Python, the CLI's imports),
+measured in the same loop. --no-cold skips the cold queries.
+
     python speed/warm_queries.py --repeats 3
-    python speed/warm_queries.py --sets toy --repeats 5
+    python speed/warm_queries.py --sets toy --repeats 5 --no-cold
 """
 
 from __future__ import annotations
@@ -108,7 +112,17 @@ def query(pipeline: str, index: Path, image: Path, text: str, env: dict[str, str
     return seconds, json.loads(res.stdout)
 
 
-def measure(name: str, pipeline: str, index: Path, images: list[Path], tmp: Path, repeats: int) -> dict:
+def cli_help(env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "cirkit", "--help"], capture_output=True, env=env, check=True)
+    return time.perf_counter() - start
+
+
+def server_times(log: Path) -> list[float]:
+    return [float(s) for s in re.findall(r"1 query \(.*\) in ([0-9.]+) s", log.read_text())]
+
+
+def measure(name: str, pipeline: str, index: Path, images: list[Path], tmp: Path, repeats: int, cold_too: bool = True) -> dict:
     from cirkit.serve.client import free_port, wait_until_ready
 
     port = free_port()
@@ -122,21 +136,27 @@ def measure(name: str, pipeline: str, index: Path, images: list[Path], tmp: Path
         startup = time.perf_counter() - start
         cold_env = _env(CIRKIT_DATA_DIR=str(tmp / f"data-{name}-cold"), CIRKIT_PORT=str(free_port()))
         warm_env = _env(CIRKIT_DATA_DIR=str(tmp / f"data-{name}-warm"), CIRKIT_PORT=str(port))
-        cold, warm, same = [], [], True
+        cold, warm, client, helps, same = [], [], [], [], True
+        query(pipeline, index, images[0], "a first query, not timed", warm_env)
         for r in range(repeats):
             image, text = images[(7 * r + 3) % len(images)], f"make it blue, take {r}"
-            c, cold_run = query(pipeline, index, image, text, cold_env, "--local")
+            c, cold_run = query(pipeline, index, image, text, cold_env, "--local") if cold_too else (float("nan"), None)
             w, warm_run = query(pipeline, index, image, text, warm_env)
+            h = cli_help(warm_env)
             cold.append(c)
             warm.append(w)
-            same &= [x["path"] for x in cold_run["results"]] == [x["path"] for x in warm_run["results"]]
-            print(f"  {name} #{r + 1}: cold {c:.2f} s, warm {w:.2f} s", flush=True)
+            client.append(w - server_times(log)[-1])
+            helps.append(h)
+            if cold_run is not None:
+                same &= [x["path"] for x in cold_run["results"]] == [x["path"] for x in warm_run["results"]]
+            print(f"  {name} #{r + 1}: cold {c:.2f} s, warm {w:.2f} s (client {client[-1]:.2f} s), cirkit --help {h:.2f} s", flush=True)
     finally:
         server.send_signal(signal.SIGINT)
         server.wait()
-    in_server = [float(s) for s in re.findall(r"1 query \(.*\) in ([0-9.]+) s", log.read_text())]
+    in_server = server_times(log)[1:]
     return {"name": name, "cold": statistics.median(cold), "warm": statistics.median(warm),
-            "in_server": statistics.median(in_server) if in_server else float("nan"), "startup": startup, "same": same}
+            "in_server": statistics.median(in_server) if in_server else float("nan"), "startup": startup,
+            "same": same if cold_too else None, "client": statistics.median(client), "help": statistics.median(helps)}
 
 
 def main() -> None:
@@ -146,6 +166,7 @@ def main() -> None:
     parser.add_argument("--caption-tokens", type=int, default=12, help="small set: caption length (tokens)")
     parser.add_argument("--rewrite-tokens", type=int, default=16, help="small set: rewrite length (tokens)")
     parser.add_argument("--beams", type=int, default=1, help="small set: caption beams")
+    parser.add_argument("--no-cold", action="store_true", help="skip the cold (--local) queries")
     args = parser.parse_args()
 
     import torch
@@ -155,14 +176,16 @@ def main() -> None:
         tmp = Path(tmp)
         for name in args.sets.split(","):
             pipeline, index, images = toy_set(tmp) if name == "toy" else small_set(tmp, args)
-            rows.append(measure(name, pipeline, index, images, tmp, args.repeats))
+            rows.append(measure(name, pipeline, index, images, tmp, args.repeats, cold_too=not args.no_cold))
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, cpu; load average {os.getloadavg()[0]:.1f}; "
           f"median of {args.repeats}; small = BLIP base ({args.beams} beam, {args.caption_tokens} tokens), "
           f"Llama 30x576 ({args.rewrite_tokens} tokens), ViT-B-32, random weights")
-    print(f"{'models':>8} | {'cold s':>7} | {'warm s':>7} | {'warm/cold':>9} | {'in server s':>11} | {'serve start s':>13} | same results")
+    print(f"{'models':>8} | {'cold s':>7} | {'warm s':>7} | {'warm/cold':>9} | {'in server s':>11} | {'client s':>8} | "
+          f"{'--help s':>8} | {'client/help':>11} | {'serve start s':>13} | same results")
     for r in rows:
+        same = "-" if r["same"] is None else "yes" if r["same"] else "NO"
         print(f"{r['name']:>8} | {r['cold']:7.2f} | {r['warm']:7.2f} | {r['warm'] / r['cold']:9.3f} | {r['in_server']:11.2f} | "
-              f"{r['startup']:13.1f} | {'yes' if r['same'] else 'NO'}")
+              f"{r['client']:8.2f} | {r['help']:8.2f} | {r['client'] / r['help']:11.2f} | {r['startup']:13.1f} | {same}")
 
 
 if __name__ == "__main__":

@@ -124,7 +124,8 @@ def test_query_through_the_server_equals_a_local_query(cli, use_server, tmp_path
     assert before.ready and before.model_loads == 3  # captioner, LLM, CLIP loaded at start
 
     args = ["query", "-i", gallery_index, "--image", gallery / "img0004.jpg", "-t", "make it red", "-p", tiny_pipeline, "-k", "5"]
-    served = cli(*args, "--json")
+    data, local_data = ["--data-dir", tmp_path / "data"], ["--data-dir", tmp_path / "local"]
+    served = cli(*data, *args, "--json")
     assert served.exit_code == 0, served.stderr
     assert engine_calls_counter == []  # nothing ran in this process: the server's models answered
     after = owner_health(server)
@@ -134,23 +135,23 @@ def test_query_through_the_server_equals_a_local_query(cli, use_server, tmp_path
     assert run["status"] == "ok" and len(run["results"]) == 5
 
     # the server wrote the run into this client's run store
-    listed = json.loads(cli("runs", "list", "--json").stdout)
+    listed = json.loads(cli(*data, "runs", "list", "--json").stdout)
     assert [r["id"] for r in listed] == [run["id"]]
-    stored = json.loads(cli("runs", "show", run["id"], "--json").stdout)
+    stored = json.loads(cli(*data, "runs", "show", run["id"], "--json").stdout)
     assert [s["origin"] for s in stored["steps"]] == ["ran"] * 4
 
-    local = cli("--data-dir", tmp_path / "local", *args, "--json", "--local")
+    local = cli(*local_data, *args, "--json", "--local")
     assert local.exit_code == 0, local.stderr
     assert engine_calls_counter  # --local ran the models here
     same = _same_run(run, json.loads(local.stdout))
     assert same["steps"][0]["outputs"]["caption"]
 
     # the table output is the same too (but for the run id)
-    served_table = cli(*args)
-    local_table = cli("--data-dir", tmp_path / "local", *args, "--local")
+    served_table = cli(*data, *args)
+    local_table = cli(*local_data, *args, "--local")
     assert served_table.exit_code == local_table.exit_code == 0
-    served_id = json.loads(cli("runs", "list", "--json").stdout)[0]["id"]
-    local_id = json.loads(cli("--data-dir", tmp_path / "local", "runs", "list", "--json").stdout)[0]["id"]
+    served_id = json.loads(cli(*data, "runs", "list", "--json").stdout)[0]["id"]
+    local_id = json.loads(cli(*local_data, "runs", "list", "--json").stdout)[0]["id"]
     assert served_table.stdout.replace(served_id, "ID") == local_table.stdout.replace(local_id, "ID")
     assert "caption (caption):" in served_table.stdout
 

@@ -95,11 +95,20 @@ def _query_server(url: str, data_dir: Optional[Path], *, queries, image, text, i
         return remote_query(url, request, names)
 
 
+def _print_json(data: dict) -> None:
+    """As rich prints JSON (indent 2, characters as they are), coloured only on a terminal: rich's
+    highlighting costs a warm query's client more than all its other work."""
+    if stdout.is_terminal:
+        stdout.print_json(data=data)
+    else:
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+
+
 def _print_runs(runs: list, *, single: bool, as_json: bool) -> None:
     if single:
         run = runs[0]
         if as_json:
-            stdout.print_json(data=compact(run))
+            _print_json(compact(run))
             return
         print_results(run["results"])
         for step in run["steps"]:
