@@ -68,6 +68,17 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     _quiet_libraries()
     args = _eval_shorthand(sys.argv[1:])
+    data_dir = os.environ.get("CIRKIT_DATA_DIR")
+    try:
+        _run(args)
+    finally:  # --data-dir sets it for this command only (the same process may run another)
+        if data_dir is None:
+            os.environ.pop("CIRKIT_DATA_DIR", None)
+        else:
+            os.environ["CIRKIT_DATA_DIR"] = data_dir
+
+
+def _run(args: list[str]) -> None:
     try:
         code = app(args, standalone_mode=False)
         if code == 130:  # typer turns Ctrl-C into an exit code when not standalone

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from cirkit.errors import CirkitError
-from cirkit.pipelines.spec import load_pipeline, parse_model_overrides
+from cirkit.commands.common import parse_model_overrides
+from cirkit.pipelines.spec import load_pipeline
 
 
 def test_an_override_replaces_one_entry_and_keeps_its_type(tiny_pipeline, tiny_models):
@@ -79,3 +80,20 @@ def test_rerun_with_a_model_override_keeps_the_original_ones(cli, tmp_path, tiny
     new = json.loads(cli("runs", "show", new_id, "--json").stdout)
     assert set(new["overrides"]["models"]) == {"captioner", "llm"}
     assert next(s for s in new["steps"] if s["name"] == "rewrite")["model"]["dtype"] == "float32"
+
+
+def test_query_model_flag_locally_and_in_the_server_request(cli, tmp_path, tiny_models, tiny_pipeline, gallery_index, gallery):
+    from cirkit.serve.protocol import build_request
+
+    flag = f"llm={{id: {tiny_models.llm}, dtype: float32}}"
+    image = next(gallery.glob("*.jpg"))
+    res = cli("query", "--local", "-i", gallery_index, "--image", image, "-t", "make it red", "-p", tiny_pipeline,
+              "--model", flag, "--json")
+    assert res.exit_code == 0, res.stderr
+    run = json.loads(res.stdout)
+    assert run["overrides"]["models"]["llm"]["dtype"] == "float32"
+    request, _ = build_request(data_dir=tmp_path, index=gallery_index, pipeline=tiny_pipeline,
+                               prompts={"rewrite": ["cirevl-paper/simple_modifier_prompt"]}, models=parse_model_overrides([flag]),
+                               k=5, use_cache=True, raise_on_failure=True, image=image, text="make it red")
+    assert request.models == {"llm": {"id": str(tiny_models.llm), "dtype": "float32"}}
+    assert request.prompts == {"rewrite": ["cirevl-paper/simple_modifier_prompt"]}  # an imported template's name stays a name

@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cirkit.console import stdout
+from cirkit.errors import CirkitError, one_line
 
 DataDir = Annotated[
     Optional[Path],
@@ -71,8 +72,6 @@ def compact(run: dict[str, Any]) -> dict[str, Any]:
 
 def parse_prompt_swaps(items: list[str]) -> dict[str, list[str]]:
     """STEP=TEMPLATE flags; naming a step twice gives it an ensemble of templates."""
-    from cirkit.errors import CirkitError
-
     swaps: dict[str, list[str]] = {}
     for item in items:
         step, sep, template = item.partition("=")
@@ -80,3 +79,29 @@ def parse_prompt_swaps(items: list[str]) -> dict[str, list[str]]:
             raise CirkitError(f"--prompt expects STEP=TEMPLATE, got '{item}'")
         swaps.setdefault(step.strip(), []).append(template.strip())
     return swaps
+
+
+def parse_model_overrides(items: list[str] | None) -> dict[str, dict[str, Any]]:
+    """`--model NAME=SPEC` flags: SPEC is the model entry in YAML flow style, e.g. `llm={id: Qwen/Qwen2.5-1.5B-Instruct}`."""
+    overrides: dict[str, dict[str, Any]] = {}
+    for item in items or []:
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        if not sep or not name or not text.strip():
+            raise CirkitError(f"--model expects NAME=SPEC, e.g. 'llm={{id: Qwen/Qwen2.5-1.5B-Instruct}}', got '{item}'")
+        import yaml
+
+        try:
+            entry = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise CirkitError(f"--model {name}: not a YAML mapping: {one_line(exc)}") from None
+        if not isinstance(entry, dict) or not entry:
+            raise CirkitError(f"--model {name}: SPEC must be a mapping such as '{{id: Qwen/Qwen2.5-1.5B-Instruct}}', got '{text}'")
+        for key in ("id", "name", "pretrained"):  # paths on the command line are relative to where it runs
+            value = entry.get(key)
+            if isinstance(value, str) and value and Path(value).expanduser().exists():
+                entry[key] = str(Path(value).expanduser().resolve())
+        if name in overrides:
+            raise CirkitError(f"--model names '{name}' twice")
+        overrides[name] = entry
+    return overrides

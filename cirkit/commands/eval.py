@@ -18,7 +18,11 @@ eval_app = typer.Typer(
     help="Evaluate on CIRR, CIRCO, FashionIQ, GeneCIS or your own triplets (`cirkit eval BENCH --data DIR --split S`).",
     no_args_is_help=True,
 )
-SUBCOMMANDS = ("run", "score", "compare", "list", "--help", "-h")
+Repeats = Annotated[
+    int,
+    typer.Option("--repeats", min=1, help="Run N times (new seeds for steps that sample or call a hosted model); mean ± sd per metric."),
+]
+SUBCOMMANDS = ("run", "sweep", "score", "compare", "list", "--help", "-h")
 
 
 @eval_app.command("run")
@@ -38,7 +42,7 @@ def eval_run(
 ) -> None:
     """Run a pipeline over a benchmark split in batches and score it with the official protocol."""
     from cirkit.experiments import run_experiment, run_group
-    from cirkit.pipelines.spec import parse_model_overrides
+    from cirkit.commands.common import parse_model_overrides
 
     options = dict(
         pipeline=pipeline, store=open_store(ctx), index_dir=index, limit=limit, batch_size=batch_size,
@@ -65,6 +69,69 @@ def eval_run(
     for path in exp.submission:
         stdout.print(f"submission file: {path}")
     stdout.print(f"failures: cirkit runs failures {exp.id}")
+
+
+@eval_app.command("sweep")
+def eval_sweep(
+    ctx: typer.Context,
+    bench: Annotated[str, typer.Argument(help="cirr, circo, fashioniq-dress|shirt|toptee, genecis, triplets")],
+    data: Annotated[Path, typer.Option("--data", help="The data directory (layout: see the README).")],
+    split: Annotated[str, typer.Option("--split", help="val, a GeneCIS task, or a triplets file name.")],
+    grid: Annotated[
+        Optional[list[str]],
+        typer.Option("--grid", metavar="STEP.PARAM=[V1,V2,...]",
+                     help="A step parameter and its values, e.g. 'pdv.beta=[0.5,0.7,0.9]'. Repeat for a cartesian grid."),
+    ] = None,
+    pipeline: PipelineRef = "cirevl",
+    metric: Annotated[Optional[str], typer.Option("--metric", help="Rank settings by this metric (default: the protocol's headline).")] = None,
+    index: Annotated[Optional[Path], typer.Option("--index", help="Gallery index directory (default: under DATA).")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Only the first N queries.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Queries per batch.")] = 64,
+    no_cache: NoCache = False,
+    as_json: AsJson = False,
+    model: ModelOverrides = None,
+    repeats: Repeats = 1,
+) -> None:
+    """Evaluate every setting of a parameter grid: shared steps run once, one experiment per setting, the best marked."""
+    from cirkit.experiments import run_sweep
+    from cirkit.commands.common import parse_model_overrides
+
+    if bench == "fashioniq" or (bench == "genecis" and split == "all"):
+        raise CirkitError(f"a sweep runs one benchmark split: give one member of {bench} (e.g. fashioniq-dress, genecis --split focus_object)")
+    sweep = run_sweep(bench, data, split, pipeline=pipeline, store=open_store(ctx), grid=grid or [], repeats=repeats,
+                      metric=metric, index_dir=index, limit=limit, batch_size=batch_size, use_cache=not no_cache,
+                      progress=not as_json, model_overrides=parse_model_overrides(model))
+    _print_sweep(sweep, as_json, f"{bench} {split}")
+
+
+def _print_sweep(sweep, as_json: bool, title: str) -> None:
+    if as_json:
+        print(json.dumps({
+            "sweep": sweep.id, "repeats": sweep.repeats, "metric": sweep.metric,
+            "grid": [{"step": a.step, "param": a.param, "values": a.values} for a in sweep.axes],
+            "settings": [{"setting": row.setting.values, "experiments": [e.id for e in row.experiments], "metrics": row.metrics,
+                          "sd": row.sd, "failed_runs": row.failed_runs, "best": i == sweep.best} for i, row in enumerate(sweep.rows)],
+            "best": sweep.rows[sweep.best].setting.values if sweep.best is not None else None,
+        }))
+        return
+    from cirkit.sweep import show_value
+
+    keys = [k for k, v in sweep.rows[0].metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    axes = [a.name for a in sweep.axes]
+    spread = sweep.repeats > 1
+    caption = f"mean ± sd over {sweep.repeats} repeats; " if spread else ""
+    table = Table("", *axes, *keys, title=f"{title}: sweep {sweep.id}",
+                  caption=f"{caption}* best by {sweep.metric}" if sweep.metric else caption or None)
+    for i, row in enumerate(sweep.rows):
+        cells = [_fmt(row.metrics[k]) + (f" ± {row.sd[k]:.2f}" if spread and k in row.sd else "") for k in keys]
+        table.add_row("*" if i == sweep.best else "", *(escape(show_value(row.setting.values[a])) for a in axes), *cells,
+                      style="bold" if i == sweep.best else None)
+    stdout.print(table)
+    if sweep.best is not None and axes:
+        row = sweep.rows[sweep.best]
+        stdout.print(f"best: {escape(row.setting.label)} ({sweep.metric} {_fmt(row.metrics[sweep.metric])})")
+    ids = [e.id for row in sweep.rows for e in row.experiments]
+    stdout.print(f"experiments: {', '.join(ids[:4])}{', ...' if len(ids) > 4 else ''} (cirkit eval list; cirkit eval compare A B)")
 
 
 @eval_app.command("score")

@@ -35,7 +35,7 @@ def index(
     """Embed a folder of images with CLIP into a FAISS index (resumable; updates add and drop images)."""
     from cirkit.api import index_folder
     from cirkit.images import DEFAULT_MAX_PIXELS
-    from cirkit.pipelines.spec import parse_model_overrides
+    from cirkit.commands.common import parse_model_overrides
 
     if pretrained and not clip:
         raise CirkitError("--pretrained goes with --clip")

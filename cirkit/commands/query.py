@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cirkit.commands.common import compact, parse_prompt_swaps, print_results
+from cirkit.commands.common import ModelOverrides, NoCache, PipelineRef, PromptSwaps, compact, parse_model_overrides, parse_prompt_swaps, print_results
 from cirkit.console import stdout
 from cirkit.errors import CirkitError
 
@@ -23,14 +23,13 @@ def query(
     queries: Annotated[
         Optional[Path], typer.Option("--queries", help='JSONL file of queries, one {"image", "text", "id"} per line, run as one batch.')
     ] = None,
-    pipeline: Annotated[str, typer.Option("--pipeline", "-p", help="Built-in pipeline name or pipeline file.")] = "cirevl",
-    prompt: Annotated[
-        Optional[list[str]], typer.Option("--prompt", help="Swap a step's template: STEP=NAME_OR_FILE (repeat a step for an ensemble).")
-    ] = None,
+    pipeline: PipelineRef = "cirevl",
+    prompt: PromptSwaps = None,
     k: Annotated[int, typer.Option("-k", min=1, help="How many results to show.")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON: results, run id, intermediates (one line per query with --queries).")] = False,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Run every step again, even where the cache has its output.")] = False,
+    no_cache: NoCache = False,
     local: Annotated[bool, typer.Option("--local", help="Run here, even when a `cirkit serve` is running.")] = False,
+    model: ModelOverrides = None,
     server: Annotated[
         Optional[str],
         typer.Option("--server", metavar="URL", help="Use the `cirkit serve` at this address (default: $CIRKIT_SERVER, else http://127.0.0.1:$CIRKIT_PORT when one answers there)."),
@@ -48,6 +47,7 @@ def query(
     if local and server:
         raise CirkitError("give either --local or --server, not both")
     swaps = parse_prompt_swaps(prompt or [])
+    overrides = parse_model_overrides(model)
     url = None
     if not local:
         from cirkit.serve.client import find_server
@@ -56,7 +56,7 @@ def query(
     if url is not None:
         runs = _query_server(
             url, ctx.obj["data_dir"], queries=queries, image=image, text=text, index=index, pipeline=pipeline,
-            prompts=swaps, k=k, use_cache=not no_cache, progress=not as_json,
+            prompts=swaps, models=overrides, k=k, use_cache=not no_cache, progress=not as_json,
         )
     else:
         from cirkit.api import load_queries, query_many
@@ -73,11 +73,12 @@ def query(
             progress=not as_json,
             raise_on_failure=queries is None,
             use_cache=not no_cache,
+            model_overrides=overrides,
         )
     _print_runs(runs, single=queries is None, as_json=as_json)
 
 
-def _query_server(url: str, data_dir: Optional[Path], *, queries, image, text, index, pipeline, prompts, k, use_cache, progress) -> list:
+def _query_server(url: str, data_dir: Optional[Path], *, queries, image, text, index, pipeline, prompts, models, k, use_cache, progress) -> list:
     """The same query through a running `cirkit serve`: every path made absolute from here, the run
     store this command would have used; the server's messages name paths as they were typed."""
     from contextlib import nullcontext
@@ -88,7 +89,7 @@ def _query_server(url: str, data_dir: Optional[Path], *, queries, image, text, i
 
     request, names = build_request(
         data_dir=data_dir if data_dir is not None else default_data_dir(), index=index, pipeline=pipeline,
-        prompts=prompts, k=k, use_cache=use_cache, raise_on_failure=queries is None,
+        prompts=prompts, models=models, k=k, use_cache=use_cache, raise_on_failure=queries is None,
         queries_file=queries, image=image, text=text,
     )
     with stderr.status(f"query: on the cirkit server at {url}", spinner="dots") if progress else nullcontext():

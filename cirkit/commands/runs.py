@@ -158,7 +158,7 @@ def runs_rerun(
     model: ModelOverrides = None,
 ) -> None:
     """Re-run a run from a step (keeping what came before), as a new run linked to the original."""
-    from cirkit.pipelines.spec import parse_model_overrides
+    from cirkit.commands.common import parse_model_overrides
     from cirkit.revise import Revision, revise
 
     store = open_store(ctx)

@@ -6,6 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from cirkit.commands.common import ModelOverrides
+
 
 def serve(
     pipeline: Annotated[
@@ -16,13 +18,16 @@ def serve(
     port: Annotated[
         Optional[int], typer.Option("--port", min=0, max=65535, help="Port (default: $CIRKIT_PORT, else 8477; 0 picks a free one).")
     ] = None,
+    model: ModelOverrides = None,
 ) -> None:
     """Keep models loaded and answer queries: `cirkit query` uses a running server (warm, seconds) unless --local.
 
     Only your own `cirkit query` can use it: it answers requests that carry the token it writes to a
     file only you can read, and refuses web pages and other host names.
     """
+    from cirkit.commands.common import parse_model_overrides
     from cirkit.pipelines import DEFAULT_PIPELINE
     from cirkit.serve.server import QueryServer
 
-    QueryServer(host, port).serve(pipeline or [DEFAULT_PIPELINE])
+    overrides = parse_model_overrides(model)  # the preloaded models; a query names its own with --model
+    QueryServer(host, port).serve(pipeline or [DEFAULT_PIPELINE], overrides)

@@ -212,30 +212,6 @@ def builtin_path(name: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def parse_model_overrides(items: list[str] | None) -> dict[str, dict[str, Any]]:
-    """`--model NAME=SPEC` flags: SPEC is the model entry in YAML flow style, e.g. `llm={id: Qwen/Qwen2.5-1.5B-Instruct}`."""
-    overrides: dict[str, dict[str, Any]] = {}
-    for item in items or []:
-        name, sep, text = item.partition("=")
-        name = name.strip()
-        if not sep or not name or not text.strip():
-            raise CirkitError(f"--model expects NAME=SPEC, e.g. 'llm={{id: Qwen/Qwen2.5-1.5B-Instruct}}', got '{item}'")
-        try:
-            entry = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise CirkitError(f"--model {name}: not a YAML mapping: {one_line(exc)}") from None
-        if not isinstance(entry, dict) or not entry:
-            raise CirkitError(f"--model {name}: SPEC must be a mapping such as '{{id: Qwen/Qwen2.5-1.5B-Instruct}}', got '{text}'")
-        for key in ("id", "name", "pretrained"):  # paths on the command line are relative to where it runs
-            value = entry.get(key)
-            if isinstance(value, str) and _looks_like_path(value) and Path(value).expanduser().exists():
-                entry[key] = str(Path(value).expanduser().resolve())
-        if name in overrides:
-            raise CirkitError(f"--model names '{name}' twice")
-        overrides[name] = entry
-    return overrides
-
-
 def load_pipeline(
     ref: str | Path, prompt_overrides: dict[str, list[str]] | None = None,
     model_overrides: dict[str, dict[str, Any]] | None = None, benchmark: str | None = None,

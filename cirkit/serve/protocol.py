@@ -21,7 +21,7 @@ import os
 import secrets
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -70,7 +70,8 @@ class QueryRequest(BaseModel):
     data_dir: str
     index: str
     pipeline: str  # a built-in pipeline's name, or an absolute path
-    prompts: dict[str, list[str]] = Field(default_factory=dict)  # step -> built-in template names or absolute paths
+    prompts: dict[str, list[str]] = Field(default_factory=dict)  # step -> template names or absolute paths
+    models: dict[str, dict[str, Any]] = Field(default_factory=dict)  # `--model NAME=SPEC` replacements
     k: int = Field(ge=1)
     use_cache: bool = True
     raise_on_failure: bool = False
@@ -94,8 +95,8 @@ class QueryRequest(BaseModel):
     def _prompts(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
         for refs in value.values():
             for ref in refs:
-                if not os.path.isabs(ref) and not _is_name(ref):
-                    raise ValueError(f"'{ref}' is neither a built-in template name nor an absolute path")
+                if not os.path.isabs(ref) and not _is_name(ref) and not _is_imported_name(ref):
+                    raise ValueError(f"'{ref}' is neither a template name nor an absolute path")
         return value
 
     @model_validator(mode="after")
@@ -121,6 +122,12 @@ def parse_request(body: bytes) -> QueryRequest:
 def _is_name(value: str) -> bool:
     return bool(value) and not value.startswith((".", "~")) and "/" not in value and "\\" not in value \
         and not value.endswith((".yaml", ".yml"))
+
+
+def _is_imported_name(value: str) -> bool:
+    """An imported template's name, NAME/CONSTANT (`cirkit prompts import`)."""
+    group, sep, constant = value.partition("/")
+    return bool(sep) and _is_name(group) and _is_name(constant)
 
 
 # ---------------------------------------------------------------- building a request (client side)
@@ -153,7 +160,7 @@ class PathNames:
 def build_request(
     *, data_dir: str | Path, index: str | Path, pipeline: str | Path, prompts: dict[str, list[str]], k: int,
     use_cache: bool, raise_on_failure: bool, queries_file: str | Path | None = None,
-    image: str | Path | None = None, text: str | None = None,
+    image: str | Path | None = None, text: str | None = None, models: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[QueryRequest, PathNames]:
     """The request for what `cirkit query` would run in this directory, and the names to map the
     server's messages back to the paths as typed."""
@@ -164,7 +171,7 @@ def build_request(
         pipeline_ref = names.absolute(pipeline_ref)
     swaps = {step: [_prompt_ref(ref, names, pipeline_file) for ref in refs] for step, refs in prompts.items()}
     fields = dict(data_dir=names.absolute(data_dir), index=names.absolute(index), pipeline=pipeline_ref, prompts=swaps,
-                  k=k, use_cache=use_cache, raise_on_failure=raise_on_failure)
+                  models=models or {}, k=k, use_cache=use_cache, raise_on_failure=raise_on_failure)
     if queries_file is not None:
         fields["queries_file"] = names.absolute(queries_file)
         typed_dir, full_dir = Path(queries_file).parent, Path(fields["queries_file"]).parent
@@ -195,6 +202,8 @@ def _prompt_ref(ref: str, names: PathNames, pipeline_file: Path | None) -> str:
         return ref
     if path.is_absolute():
         return str(path)
+    if not (names.cwd / path).exists() and _is_imported_name(ref):
+        return ref
     if not (names.cwd / path).exists() and pipeline_file is not None:
         full = str(pipeline_file.parent / path)
         names.alias(full, ref)

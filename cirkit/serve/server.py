@@ -105,14 +105,15 @@ class QueryServer:
             raise
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
 
-    def preload(self, pipelines: list[str]) -> None:
-        """Load every model the pipelines name; queries that arrive meanwhile wait for it."""
+    def preload(self, pipelines: list[str], model_overrides: dict[str, dict[str, Any]] | None = None) -> None:
+        """Load every model the pipelines name (with `model_overrides` replacing entries); queries that
+        arrive meanwhile wait for it."""
         from cirkit.pipelines import load_pipeline
 
         with self.query_lock:
             for ref in pipelines:
                 start = time.perf_counter()
-                pipeline = load_pipeline(ref)
+                pipeline = load_pipeline(ref, model_overrides=model_overrides)
                 names = sorted({step.spec.model for step in pipeline.steps if step.spec.model})
                 for name in names:
                     try:
@@ -168,6 +169,7 @@ class QueryServer:
         server's warm models."""
         from cirkit.api import load_queries, query_many
         from cirkit.pipelines.runner import Query
+        from cirkit.prompts import use_data_dir
 
         with self.query_lock:
             if self.stopping:
@@ -180,8 +182,10 @@ class QueryServer:
                     batch = load_queries(request.queries_file)
                 else:
                     batch = [Query(q.image, q.text, q.id, q.targets) for q in request.queries or []]
+                use_data_dir(request.data_dir)  # its imported prompt templates
                 runs = query_many(
-                    batch, request.index, pipeline=_pipeline_ref(request.pipeline), prompts=request.prompts, k=request.k,
+                    batch, request.index, pipeline=_pipeline_ref(request.pipeline), prompts=request.prompts,
+                    model_overrides=request.models, k=request.k,
                     data_dir=request.data_dir, models=self.pool, progress=False, raise_on_failure=request.raise_on_failure,
                     use_cache=request.use_cache, on_event=self._observer(request.data_dir, emit),
                 )
@@ -218,13 +222,14 @@ class QueryServer:
 
         return observe
 
-    def serve(self, pipelines: list[str]) -> None:
-        """Listen, preload the pipelines' models, answer until Ctrl-C (or SIGTERM), stop cleanly."""
+    def serve(self, pipelines: list[str], model_overrides: dict[str, dict[str, Any]] | None = None) -> None:
+        """Listen, preload the pipelines' models (`model_overrides` replacing entries, as `--model`
+        does), answer until Ctrl-C (or SIGTERM), stop cleanly."""
         from cirkit.pipelines import load_pipeline
 
         try:
             for ref in pipelines:  # a bad pipeline file is refused before listening
-                load_pipeline(ref)
+                load_pipeline(ref, model_overrides=model_overrides)
         except BaseException:
             self.httpd.server_close()
             remove_token(self.token_file, self.token)
@@ -238,7 +243,7 @@ class QueryServer:
             self.log(f"queries need the token in {self.token_file} (readable only by you)")
             if self.host not in ("127.0.0.1", "localhost", "::1"):
                 self.log(f"warning: listening on {self.host}: the token travels unencrypted (HTTP) to this port")
-            self.preload(pipelines)
+            self.preload(pipelines, model_overrides)
             self.log("ready: `cirkit query` uses this server (models stay loaded); `cirkit query --local` runs without it")
             while True:
                 time.sleep(3600)
