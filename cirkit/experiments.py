@@ -13,8 +13,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
+from typing import Any, Callable
 
 from cirkit.benchmarks import Benchmark, evaluate, load, load_group, write_circo_submission, write_cirr_submission
 from cirkit.benchmarks.evaluation import GROUP_KEYS
@@ -25,8 +24,10 @@ from cirkit.engines import ModelPool
 from cirkit.errors import CirkitError, ImageError
 from cirkit.gallery import GalleryIndex, build_index
 from cirkit.pipelines import load_pipeline
+from cirkit.pipelines.spec import Pipeline
 from cirkit.pipelines.runner import Query, run_queries
 from cirkit.store import RunStore
+from cirkit.sweep import Axis, Setting, check_settings, headline, parse_grid, repeat_params, spread, variant, varies
 
 DEPTH = 100  # results kept per query: enough for every protocol's K (50) after dropping the reference
 
@@ -37,6 +38,42 @@ class Experiment:
     metrics: dict[str, Any]
     failed_runs: int
     submission: list[Path]
+
+
+@dataclass
+class Prepared:
+    """A benchmark split ready to run: its queries, its gallery index open, the models loaded so far."""
+
+    bench: str
+    data_dir: Path
+    split: str
+    benchmark: Benchmark
+    queries: list
+    runnable: list
+    index_dir: Path
+    index: GalleryIndex
+    name_of: dict[str, str]
+    available: set[str]
+    models: ModelPool
+
+
+@dataclass
+class SweepRow:
+    setting: Setting
+    experiments: list[Experiment]
+    metrics: dict[str, Any]  # the mean over the repeats
+    sd: dict[str, float]  # the sample standard deviation over the repeats (0 for one)
+    failed_runs: int
+
+
+@dataclass
+class Sweep:
+    id: str
+    axes: list[Axis]
+    repeats: int
+    metric: str | None
+    rows: list[SweepRow]
+    best: int | None  # the row with the highest metric
 
 
 def run_experiment(
@@ -54,10 +91,83 @@ def run_experiment(
     progress: bool = True,
     model_overrides: dict[str, Any] | None = None,
 ) -> Experiment:
-    benchmark = load(bench, data_dir, split)
+    spec, prepared = _prepare(bench, data_dir, split, pipeline, model_overrides, index_dir, limit, progress)
+    return _evaluate(prepared, spec, store, batch_size=batch_size, submission_dir=submission_dir, use_cache=use_cache,
+                     progress=progress)
+
+
+def run_sweep(
+    bench: str,
+    data_dir: str | Path,
+    split: str,
+    *,
+    pipeline: str | Path,
+    store: RunStore,
+    grid: list[str] | None = None,
+    repeats: int = 1,
+    metric: str | None = None,
+    index_dir: str | Path | None = None,
+    limit: int | None = None,
+    batch_size: int = 64,
+    use_cache: bool = True,
+    progress: bool = True,
+    model_overrides: dict[str, Any] | None = None,
+    on_experiment: Callable[[Setting, int, Experiment], None] | None = None,
+) -> Sweep:
+    """Every setting of the grid (`STEP.PARAM=[v1,...]` items; none: the pipeline as it is), `repeats`
+    times each, one experiment per setting and repeat, grouped as one sweep.
+
+    Every setting is validated before anything runs. Settings share the models, the gallery index
+    and every step they share (kind, model, parameters, templates, inputs) through the step cache, so
+    only the steps a parameter touches run again, and a sweep run again after an interruption takes
+    what was done from the cache. Repeats change the seed of the steps that sample or call a hosted
+    model (see cirkit.sweep.repeat_params)."""
+    if repeats < 1:
+        raise CirkitError(f"--repeats must be at least 1, got {repeats}")
+    axes = parse_grid(grid)
+    benchmark = load(bench, data_dir, split)  # the annotations are checked before the pipeline's files
+    base = load_pipeline(pipeline, model_overrides=model_overrides, benchmark=family(benchmark))
+    checked = check_settings(base, axes) if grid is not None else [(Setting(), base)]
+    if repeats > 1 and not any(varies(spec) for _, spec in checked):
+        stderr.print(f"no step of {base.name} samples (temperature > 0) or calls a hosted model: its {repeats} repeats will be the same")
+    plans = [(setting, [variant(spec, repeat_params(spec, r), f"{setting.label}, repeat {r + 1}") if r else spec
+                        for r in range(repeats)]) for setting, spec in checked]
+    if not benchmark.has_ground_truth:
+        raise CirkitError(f"{benchmark.title} has no ground truth here: {'a sweep' if grid is not None else '--repeats'} needs metrics (use the val split)")
+    empty = evaluate(benchmark, {}, missing="miss")  # the metrics the protocol reports, before anything runs
+    chosen = headline(benchmark.protocol, empty, metric)
+    if chosen not in empty or isinstance(empty[chosen], bool):
+        raise CirkitError(f"--metric {chosen}: {benchmark.title} reports no such metric "
+                          f"(its metrics: {', '.join(k for k, v in empty.items() if isinstance(v, float))})")
+    _, prepared = _prepare(bench, data_dir, split, base, None, index_dir, limit, progress, benchmark=benchmark)
+    sweep_id = store.add_sweep(benchmark=bench, split=split, pipeline=base,
+                               grid=[{"step": a.step, "param": a.param, "values": a.values} for a in axes],
+                               repeats=repeats, metric=chosen)
+    rows = []
+    for setting, specs in plans:
+        done = []
+        for r, spec in enumerate(specs):
+            if progress:
+                stderr.print(f"setting {len(rows) + 1}/{len(plans)}: {setting.label}" + (f", repeat {r + 1}/{repeats}" if repeats > 1 else ""))
+            exp = _evaluate(prepared, spec, store, batch_size=batch_size, use_cache=use_cache, progress=progress,
+                            sweep=(sweep_id, setting.values, r))
+            done.append(exp)
+            if on_experiment:
+                on_experiment(setting, r, exp)
+        mean, sd = spread([e.metrics for e in done])
+        rows.append(SweepRow(setting, done, mean, sd, sum(e.failed_runs for e in done)))
+    scores = [row.metrics.get(chosen) for row in rows]
+    numeric = [i for i, v in enumerate(scores) if isinstance(v, (int, float))]
+    best = max(numeric, key=lambda i: scores[i]) if numeric else None
+    return Sweep(sweep_id, axes, repeats, chosen, rows, best)
+
+
+def _prepare(bench, data_dir, split, pipeline, model_overrides, index_dir, limit, progress, *, benchmark=None) -> tuple[Any, Prepared]:
+    """The pipeline (a reference, or one already validated) and the split with its gallery indexed."""
+    benchmark = benchmark or load(bench, data_dir, split)
     if benchmark.boxes:
         benchmark = _as_crop_files(benchmark, progress)
-    spec = load_pipeline(pipeline, model_overrides=model_overrides, benchmark=family(benchmark))
+    spec = pipeline if isinstance(pipeline, Pipeline) else load_pipeline(pipeline, model_overrides=model_overrides, benchmark=family(benchmark))
     queries = benchmark.queries[:limit] if limit else benchmark.queries
     clip_spec = spec.clip_model()
     models = ModelPool()
@@ -77,6 +187,13 @@ def run_experiment(
                 or q.reference in available]
     if len(runnable) < len(queries):
         stderr.print(f"{len(queries) - len(runnable)} queries have a missing reference image: they count as misses")
+    return spec, Prepared(bench, Path(data_dir), split, benchmark, queries, runnable, index_dir, index, name_of, available, models)
+
+
+def _evaluate(p: Prepared, spec, store: RunStore, *, batch_size: int, use_cache: bool, progress: bool,
+              submission_dir: str | Path | None = None, sweep: tuple[str, dict[str, Any], int] | None = None) -> Experiment:
+    """Run the pipeline over the prepared split's queries in batches, score, store one experiment."""
+    benchmark, runnable, name_of = p.benchmark, p.runnable, p.name_of
     runs: list[tuple[str, str]] = []
     for start in range(0, len(runnable), batch_size):
         chunk = runnable[start : start + batch_size]
@@ -87,7 +204,7 @@ def run_experiment(
                   only_candidates=benchmark.protocol == "genecis")
             for q in chunk
         ]
-        ids = run_queries(spec, batch, index=index, store=store, models=models, k=DEPTH, progress=progress,
+        ids = run_queries(spec, batch, index=p.index, store=store, models=p.models, k=DEPTH, progress=progress,
                           raise_on_failure=False, use_cache=use_cache)
         runs.extend(zip((q.id for q in chunk), ids))
         if progress:
@@ -100,22 +217,24 @@ def run_experiment(
             failed += 1
             continue
         rankings[qid] = [name_of[hit["path"]] for hit in run.results or [] if hit["path"] in name_of]
-    part = _subset(benchmark, queries)
+    part = _subset(benchmark, p.queries)
     submission: list[Path] = []
     if benchmark.has_ground_truth:
-        metrics = evaluate(part, rankings, available=available, missing="miss")
+        metrics = evaluate(part, rankings, available=p.available, missing="miss")
     else:
-        metrics = {"queries": len(queries), "scored": False}
-        if submission_dir is not None and len(queries) == len(benchmark.queries):
+        metrics = {"queries": len(p.queries), "scored": False}
+        if submission_dir is not None and len(p.queries) == len(benchmark.queries):
             submission = _write_submission(benchmark, rankings, Path(submission_dir))
     metrics["failed_runs"] = failed
     per_candidates = benchmark.protocol == "genecis"  # ranked among its candidates only
     drop_reference = benchmark.protocol in ("cirr", "triplets")  # CIRCO and FashionIQ rank the reference too
     target_ranks = [(qid, run_id, _target_rank(q, rankings.get(qid), per_candidates, drop_reference))
                     for q, (qid, run_id) in zip(runnable, runs)]
+    sweep_id, setting, repeat = sweep or (None, None, None)
     exp_id = store.add_experiment(
-        benchmark=bench, split=split, pipeline=spec, data_dir=str(Path(data_dir).resolve()),
-        index_dir=str(index_dir.resolve()), metrics=metrics, runs=target_ranks,
+        benchmark=p.bench, split=p.split, pipeline=spec, data_dir=str(p.data_dir.resolve()),
+        index_dir=str(p.index_dir.resolve()), metrics=metrics, runs=target_ranks,
+        sweep_id=sweep_id, setting=setting, repeat=repeat,
     )
     return Experiment(exp_id, metrics, failed, submission)
 

@@ -109,6 +109,29 @@ def m002_run_overrides(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE runs ADD COLUMN overrides TEXT")
 
 
+@migration
+def m003_sweeps(db: sqlite3.Connection) -> None:
+    """Sweeps (a parameter grid and/or repeats over one benchmark split) and, on each experiment, the
+    sweep it belongs to, its setting and its repeat; NULL for a single evaluation and for older ones."""
+    db.execute(
+        """CREATE TABLE sweeps (
+            id TEXT PRIMARY KEY,
+            created_at TEXT NOT NULL,
+            benchmark TEXT NOT NULL,
+            split TEXT NOT NULL,
+            pipeline_name TEXT NOT NULL,
+            pipeline_hash TEXT NOT NULL,     -- of the base pipeline, before the grid's parameters
+            grid TEXT NOT NULL,              -- JSON: [{"step", "param", "values"}]
+            repeats INTEGER NOT NULL,
+            metric TEXT                      -- what the settings are ranked by
+        )"""
+    )
+    db.execute("ALTER TABLE experiments ADD COLUMN sweep_id TEXT REFERENCES sweeps(id)")
+    db.execute("ALTER TABLE experiments ADD COLUMN setting TEXT")  # JSON: {"STEP.PARAM": value}
+    db.execute("ALTER TABLE experiments ADD COLUMN repeat INTEGER")  # 0, 1, ... within the setting
+    db.execute("CREATE INDEX experiments_sweep ON experiments(sweep_id)")
+
+
 def latest_version() -> int:
     return len(MIGRATIONS)
 

@@ -232,21 +232,52 @@ class RunStore:
         )
 
     def add_experiment(self, *, benchmark: str, split: str, pipeline, data_dir: str, index_dir: str,
-                       metrics: dict[str, Any], runs: list[tuple[str, str, int | None]]) -> str:
-        """Store an evaluation with (query id, run id, target rank) per query; returns its id."""
+                       metrics: dict[str, Any], runs: list[tuple[str, str, int | None]],
+                       sweep_id: str | None = None, setting: dict[str, Any] | None = None, repeat: int | None = None) -> str:
+        """Store an evaluation with (query id, run id, target rank) per query; returns its id. Within
+        a sweep: its id, the setting ({"STEP.PARAM": value}) and the repeat (0, 1, ...)."""
         exp_id = "e" + uuid.uuid4().hex[:11]
+        row = {
+            "id": exp_id, "created_at": _now(), "benchmark": benchmark, "split": split,
+            "pipeline_name": pipeline.name, "pipeline_hash": pipeline.hash, "data_dir": data_dir,
+            "index_dir": index_dir, "metrics": _dumps(metrics),
+        }
+        if sweep_id is not None:
+            row.update({"sweep_id": sweep_id, "setting": _dumps(setting or {}), "repeat": repeat})
         with self.db:
             self.db.execute("BEGIN")
-            _insert(self.db, "experiments", {
-                "id": exp_id, "created_at": _now(), "benchmark": benchmark, "split": split,
-                "pipeline_name": pipeline.name, "pipeline_hash": pipeline.hash, "data_dir": data_dir,
-                "index_dir": index_dir, "metrics": _dumps(metrics),
-            })
+            _insert(self.db, "experiments", row)
             self.db.executemany(
                 "INSERT INTO experiment_runs (experiment_id, query_id, run_id, target_rank) VALUES (?, ?, ?, ?)",
                 [(exp_id, q, r, rank) for q, r, rank in runs],
             )
         return exp_id
+
+    def add_sweep(self, *, benchmark: str, split: str, pipeline, grid: list[dict[str, Any]], repeats: int,
+                  metric: str | None) -> str:
+        """A sweep: a parameter grid (possibly empty) with repeats over one benchmark split; its
+        experiments name it. Returns its id."""
+        sweep_id = "s" + uuid.uuid4().hex[:11]
+        _insert(self.db, "sweeps", {
+            "id": sweep_id, "created_at": _now(), "benchmark": benchmark, "split": split,
+            "pipeline_name": pipeline.name, "pipeline_hash": pipeline.hash, "grid": _dumps(grid),
+            "repeats": repeats, "metric": metric,
+        })
+        return sweep_id
+
+    def sweep(self, sweep_id: str) -> dict[str, Any]:
+        """A sweep with its experiments (setting, repeat, metrics) in the order they ran."""
+        rows = self.db.execute("SELECT * FROM sweeps WHERE id LIKE ? LIMIT 2", (sweep_id.strip() + "%",)).fetchall()
+        if not sweep_id.strip() or not rows:
+            raise CirkitError(f"unknown sweep '{sweep_id}'")
+        if len(rows) > 1:
+            raise CirkitError(f"sweep prefix '{sweep_id}' is ambiguous: give more characters")
+        sweep = {**dict(rows[0]), "grid": json.loads(rows[0]["grid"])}
+        sweep["experiments"] = [
+            {"id": r["id"], "setting": json.loads(r["setting"] or "{}"), "repeat": r["repeat"], "metrics": json.loads(r["metrics"])}
+            for r in self.db.execute("SELECT * FROM experiments WHERE sweep_id=? ORDER BY created_at, rowid", (sweep["id"],))
+        ]
+        return sweep
 
     def experiment(self, exp_id: str) -> dict[str, Any]:
         rows = self.db.execute("SELECT * FROM experiments WHERE id LIKE ? LIMIT 2", (exp_id.strip() + "%",)).fetchall()
@@ -256,6 +287,7 @@ class RunStore:
             raise CirkitError(f"experiment prefix '{exp_id}' is ambiguous: give more characters")
         exp = dict(rows[0])
         exp["metrics"] = json.loads(exp["metrics"])
+        exp["setting"] = json.loads(exp["setting"]) if exp.get("setting") else None
         exp["runs"] = [
             dict(r)
             for r in self.db.execute(

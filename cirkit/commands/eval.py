@@ -39,10 +39,20 @@ def eval_run(
     no_cache: NoCache = False,
     as_json: AsJson = False,
     model: ModelOverrides = None,
+    repeats: Repeats = 1,
 ) -> None:
     """Run a pipeline over a benchmark split in batches and score it with the official protocol."""
-    from cirkit.experiments import run_experiment, run_group
     from cirkit.commands.common import parse_model_overrides
+    from cirkit.experiments import run_experiment, run_group, run_sweep
+
+    if repeats > 1:
+        if bench == "fashioniq" or (bench == "genecis" and split == "all"):
+            raise CirkitError(f"--repeats runs one benchmark split: give one member of {bench} (e.g. fashioniq-dress, genecis --split focus_object)")
+        sweep = run_sweep(bench, data, split, pipeline=pipeline, store=open_store(ctx), grid=None, repeats=repeats,
+                          index_dir=index, limit=limit, batch_size=batch_size, use_cache=not no_cache, progress=not as_json,
+                          model_overrides=parse_model_overrides(model))
+        _print_sweep(sweep, as_json, f"{bench} {split}")
+        return
 
     options = dict(
         pipeline=pipeline, store=open_store(ctx), index_dir=index, limit=limit, batch_size=batch_size,
@@ -116,18 +126,20 @@ def _print_sweep(sweep, as_json: bool, title: str) -> None:
         return
     from cirkit.sweep import show_value
 
-    keys = [k for k, v in sweep.rows[0].metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    keys = [k for k, v in sweep.rows[0].experiments[0].metrics.items() if isinstance(v, float)]  # the protocol's (counts aside)
     axes = [a.name for a in sweep.axes]
     spread = sweep.repeats > 1
     caption = f"mean ± sd over {sweep.repeats} repeats; " if spread else ""
-    table = Table("", *axes, *keys, title=f"{title}: sweep {sweep.id}",
-                  caption=f"{caption}* best by {sweep.metric}" if sweep.metric else caption or None)
+    ranked = len(sweep.rows) > 1 and sweep.metric
+    table = Table(*([""] if ranked else []), *axes, *keys, title=f"{title}: sweep {sweep.id}",
+                  caption=f"{caption}* best by {sweep.metric}" if ranked else caption.removesuffix("; ") or None)
     for i, row in enumerate(sweep.rows):
         cells = [_fmt(row.metrics[k]) + (f" ± {row.sd[k]:.2f}" if spread and k in row.sd else "") for k in keys]
-        table.add_row("*" if i == sweep.best else "", *(escape(show_value(row.setting.values[a])) for a in axes), *cells,
-                      style="bold" if i == sweep.best else None)
+        best = ranked and i == sweep.best
+        table.add_row(*(["*" if best else ""] if ranked else []), *(escape(show_value(row.setting.values[a])) for a in axes),
+                      *cells, style="bold" if best else None)
     stdout.print(table)
-    if sweep.best is not None and axes:
+    if sweep.best is not None and ranked:
         row = sweep.rows[sweep.best]
         stdout.print(f"best: {escape(row.setting.label)} ({sweep.metric} {_fmt(row.metrics[sweep.metric])})")
     ids = [e.id for row in sweep.rows for e in row.experiments]
