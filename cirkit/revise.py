@@ -130,7 +130,9 @@ def _plan(store: RunStore, revision: Revision, pipeline_ref, prompts, model_over
         for name, value in record.outputs.items():
             values[name] = value
             values[f"{record.name}.{name}"] = value
-    query = Query(run.inputs["image"], run.inputs["modification"], run.inputs.get("query_id"), run.inputs.get("targets"))
+    candidates = run.inputs.get("candidates") or {}
+    query = Query(run.inputs["image"], run.inputs["modification"], run.inputs.get("query_id"), run.inputs.get("targets"),
+                  candidates=candidates.get("paths"), only_candidates=candidates.get("only", False))
     return {
         "pipeline": pipe,
         "index": run.index_dir,

@@ -99,3 +99,16 @@ def test_a_pdv_pipeline_ranks_the_candidates_by_its_fused_vector(cli, tmp_path, 
         assert [h["score"] for h in run.results] == pytest.approx(sorted(vectors @ fused, reverse=True), abs=1e-5)
         assert not np.allclose(fused, caption_vector)  # the fused query, not the first vector of the run
     store.close()
+
+
+def test_a_rerun_of_a_genecis_query_ranks_the_same_candidates(cli, tmp_path, tiny_pipeline):
+    data = _genecis_dir(tmp_path / "bench")
+    out = _eval(cli, "genecis", "--data", data, "--split", "focus_object", "--pipeline", tiny_pipeline)
+    store = RunStore(os.environ["CIRKIT_DATA_DIR"])
+    run = store.get(store.experiment(out["experiment"])["runs"][0]["run_id"])
+    store.close()
+    res = cli("runs", "rerun", run.id, "--from", "search")
+    assert res.exit_code == 0, res.stderr
+    new_id = res.stdout.split("new run ")[1].split()[0]
+    new = json.loads(cli("runs", "show", new_id, "--json").stdout)
+    assert [h["path"] for h in new["results"]] == [h["path"] for h in run.results] and len(run.results) == 3
