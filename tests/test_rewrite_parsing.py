@@ -212,3 +212,12 @@ def test_stop_strings_are_in_the_trace_and_the_cache_key():
     assert "stop" not in plain.decoding()  # no stop strings: the keys of earlier runs stay valid
     assert step_hash(None, step, plain).hexdigest() != step_hash(None, step, stopped).hexdigest()
     assert RewriteParams(stop="\n\n").stop == ["\n\n"]
+
+
+def test_a_changed_answer_marker_changes_the_step_cache_key(tmp_path):
+    from cirkit.prompts import load_prompt
+
+    base = "name: t\nvariables: [caption, modification]\ntemplate: '{caption} {modification}'\noutput: {after: 'MARK:'}\n"
+    (tmp_path / "a.yaml").write_text(base)
+    (tmp_path / "b.yaml").write_text(base.replace("MARK:", "OTHER:"))
+    assert load_prompt(tmp_path / "a.yaml").text != load_prompt(tmp_path / "b.yaml").text

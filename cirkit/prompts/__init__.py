@@ -108,9 +108,10 @@ class Prompt:
     def text(self) -> str:
         """The template as written in its file (system message first), for hashing and display.
 
-        A line rule for the output is part of it (it decides the step's parsed output)."""
+        The output rule is part of it: it decides the step's parsed output, so a changed rule must
+        not be answered from the step cache."""
         text = (self.spec.system or "") + "\x00" + self.spec.template
-        if self.spec.output.first_line is not None:
+        if self.spec.output.model_dump(exclude_none=True):
             text += "\x00output=" + self.spec.output.model_dump_json(exclude_none=True)
         return text
 
