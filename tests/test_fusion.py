@@ -129,8 +129,9 @@ def test_gallery_captions_at_index_time_and_in_scoring(tiny_models, gallery, tmp
     assert again.exit_code == 0 and "captioned 0 gallery images (30 reused, 0 failed)" in again.stdout
     index = GalleryIndex.open(out)
     captions = GalleryCaptions.of(index)
-    assert len(captions.captions) == 30 and all(captions.captions)
-    np.testing.assert_allclose(np.linalg.norm(captions.vectors, axis=1), 1.0, atol=1e-5)
+    assert len(captions.captions) == 30 and all(len(c) == 1 and c[0] for c in captions.captions)
+    assert captions.vectors.shape[:2] == (30, 1) and captions.per_image == 1
+    np.testing.assert_allclose(np.linalg.norm(captions.vectors, axis=-1), 1.0, atol=1e-5)
 
     weighted = write_pipeline(tmp_path / "gc.yaml", tiny_models).read_text().replace("params: {k: 50}", "params: {k: 50, gallery_captions: 0.4}")
     (tmp_path / "gc.yaml").write_text(weighted)
@@ -138,9 +139,9 @@ def test_gallery_captions_at_index_time_and_in_scoring(tiny_models, gallery, tmp
     q = np.asarray(run["steps"][2]["outputs"]["query_vectors"])[0]
     for hit in run["results"]:
         row = index.paths.index(hit["path"])
-        expected = 0.6 * float(index.vectors[row] @ q) + 0.4 * float(captions.vectors[row] @ q)
+        expected = 0.6 * float(index.vectors[row] @ q) + 0.4 * float(captions.vectors[row, 0] @ q)
         assert hit["score"] == pytest.approx(expected, abs=1e-5)
-        assert hit["scores"]["caption"] == pytest.approx(float(captions.vectors[row] @ q), abs=1e-5)
+        assert hit["scores"]["caption"] == pytest.approx(float(captions.vectors[row, 0] @ q), abs=1e-5)
     assert [h["score"] for h in run["results"]] == sorted((h["score"] for h in run["results"]), reverse=True)
 
 

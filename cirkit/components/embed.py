@@ -1,4 +1,8 @@
-"""embed: CLIP text vectors (L2-normalized) of one text or an ensemble of texts; embed_image: of the reference image."""
+"""embed: CLIP text vectors of one text or an ensemble of texts; embed_image: of the reference image.
+
+Vectors are L2-normalized unless `normalize: false`: methods that add features before normalizing
+(WeiMoCIR's weighted sum, the mean over captions of SEIZE and LDRE) need CLIP's raw features.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +18,13 @@ from cirkit.components.values import Port
 class EmbedParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     batch_size: int = Field(256, ge=1, le=65536)
+    # False: CLIP's raw features (left out of dumps when True, so existing steps keep their cache keys)
+    normalize: bool = Field(True, exclude_if=lambda v: v is True)
 
 
 class Embed(Component):
     kind = "embed"
-    description = "Embed texts with CLIP (L2-normalized), one vector per text."
+    description = "Embed texts with CLIP, one vector per text (L2-normalized unless normalize: false)."
     inputs = {"texts": Port("texts", "descriptions")}
     outputs = {"query_vectors": "vectors"}
     model_types = ("clip",)
@@ -27,7 +33,10 @@ class Embed(Component):
     def run(self, items: list[dict[str, Any]]) -> list[ItemResult]:
         per_item = [[t] if isinstance(t, str) else list(t) for t in (item["texts"] for item in items)]
         flat = [text for texts in per_item for text in texts]
-        vectors, truncated = self.model.encode_texts(flat, batch_size=self.params.batch_size)
+        if self.params.normalize:
+            vectors, truncated = self.model.encode_texts(flat, batch_size=self.params.batch_size)
+        else:
+            vectors, truncated = self.model.encode_texts(flat, batch_size=self.params.batch_size, normalize=False)
         results, start = [], 0
         for texts in per_item:
             end = start + len(texts)
@@ -36,6 +45,8 @@ class Embed(Component):
             if cut:
                 which = "" if len(texts) == 1 else f" (text {', '.join(map(str, cut))})"
                 result.notes.append(f"text longer than CLIP's context length: truncated{which}")
+            if not self.params.normalize:
+                result.notes.append("raw CLIP features (not normalized)")
             results.append(result)
             start = end
         return results
@@ -43,7 +54,7 @@ class Embed(Component):
 
 class EmbedImage(Component):
     kind = "embed_image"
-    description = "Embed the reference image with CLIP (L2-normalized), for fusion with the text."
+    description = "Embed the reference image with CLIP (L2-normalized unless normalize: false), for fusion with the text."
     inputs = {"image": Port("image", "image")}
     outputs = {"image_vectors": "vectors"}
     model_types = ("clip",)
@@ -55,5 +66,9 @@ class EmbedImage(Component):
         vectors = []
         for start in range(0, len(items), self.params.batch_size):
             pixels = torch.stack([self.model.preprocess(item["image"]) for item in items[start : start + self.params.batch_size]])
-            vectors.append(self.model.encode_images(pixels))
-        return [ItemResult(outputs={"image_vectors": v[None]}) for v in np.concatenate(vectors)]
+            if self.params.normalize:
+                vectors.append(self.model.encode_images(pixels))
+            else:
+                vectors.append(self.model.encode_images(pixels, normalize=False))
+        notes = [] if self.params.normalize else ["raw CLIP features (not normalized)"]
+        return [ItemResult(outputs={"image_vectors": v[None]}, notes=list(notes)) for v in np.concatenate(vectors)]

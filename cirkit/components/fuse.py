@@ -1,14 +1,20 @@
 """fuse and pdv: one query vector from the text and the reference image (training-free fusion).
 
 fuse (WeiMoCIR):  q = normalize(alpha * t + (1 - alpha) * i)
+    With `normalize_parts: false` t and i are taken as given (WeiMoCIR adds CLIP's raw features,
+    from embed steps with `normalize: false`). With the reference image's captions wired in
+    (`caption_vectors`, one row per caption), the step also gives one query per caption,
+    q_k = normalize(alpha * t + (1 - alpha) * c_k), which a search scores against the k-th gallery
+    caption of each candidate (WeiMoCIR's caption similarity).
 pdv (Prompt Directional Vectors):
     d = t - c                                  the direction the modification moves the caption
-    text  = normalize(t + alpha_text * d)      (or c + alpha_text * d with text_from: caption)
+    text  = normalize(c + alpha_text * d)      with text_from: caption (the paper); the default,
+                                               text_from: rewrite, starts from t instead
     image = normalize(i + alpha_image * d)
     q = normalize(beta * text + (1 - beta) * image)
 
 t is the text vector (the mean of an ensemble's vectors, renormalized), i the reference image
-vector, c the reference caption's text vector; all are L2-normalized CLIP vectors.
+vector, c the reference caption's text vector (the mean of several captions, renormalized).
 """
 
 from __future__ import annotations
@@ -45,24 +51,46 @@ def pdv_fusion(
     return weighted_fusion(composed_text, composed_image, beta)
 
 
+def plain_mean(vectors: Any) -> np.ndarray:
+    """One vector from one or several, averaged as given (raw CLIP features stay raw)."""
+    return np.atleast_2d(np.asarray(vectors, dtype=np.float32)).mean(axis=0)
+
+
 class FuseParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     alpha: float = Field(0.6, ge=0.0, le=1.0)  # the text's share; 1 = text only, 0 = image only
+    # False: add the vectors as they come (WeiMoCIR's raw features); left out of dumps when True
+    normalize_parts: bool = Field(True, exclude_if=lambda v: v is True)
 
 
 class Fuse(Component):
     kind = "fuse"
-    description = "Weighted fusion of the text and reference image vectors (WeiMoCIR)."
-    inputs = {"text_vectors": Port("vectors", "query_vectors"), "image_vectors": Port("vectors", "image_vectors")}
-    outputs = {"query_vectors": "vectors"}
+    description = "Weighted fusion of the text and reference image vectors (WeiMoCIR); one query per reference caption too."
+    inputs = {
+        "text_vectors": Port("vectors", "query_vectors"),
+        "image_vectors": Port("vectors", "image_vectors"),
+        "caption_vectors": Port("vectors", optional=True),
+    }
+    outputs = {"query_vectors": "vectors", "caption_queries": "vectors"}
     Params = FuseParams
 
     def run(self, items: list[dict[str, Any]]) -> list[ItemResult]:
         results = []
+        part = mean_vector if self.params.normalize_parts else plain_mean
+        a = self.params.alpha
         for item in items:
-            text, image = mean_vector(item["text_vectors"]), mean_vector(item["image_vectors"])
-            fused = weighted_fusion(text, image, self.params.alpha)
-            results.append(ItemResult(outputs={"query_vectors": fused[None]}, notes=[_cosines(fused, text=text, image=image)]))
+            text, image = part(item["text_vectors"]), part(item["image_vectors"])
+            fused = weighted_fusion(text, image, a)
+            notes = [_cosines(fused, text=normalize(text), image=normalize(image))]
+            if item.get("caption_vectors") is not None:
+                captions = np.atleast_2d(np.asarray(item["caption_vectors"], dtype=np.float32))
+                if self.params.normalize_parts:
+                    captions = captions / np.maximum(np.linalg.norm(captions, axis=1, keepdims=True), 1e-12)
+                per_caption = np.stack([weighted_fusion(text, c, a) for c in captions])
+                notes.append(f"{len(per_caption)} queries, one per reference caption: alpha * text + (1 - alpha) * caption")
+            else:
+                per_caption = fused[None]
+            results.append(ItemResult(outputs={"query_vectors": fused[None], "caption_queries": per_caption}, notes=notes))
         return results
 
 

@@ -2,6 +2,8 @@
 
 With several templates (paraphrased instructions) and/or `n` samples per template, the step
 produces an ensemble of descriptions, template-major: template 1 sample 1..n, template 2 ...
+Given several captions (a caption step's `captions`), each caption is edited on its own, caption-major:
+the descriptions of caption 1, then of caption 2 ...; each source names its caption.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ class RewriteParams(GenerationParams):
 class Rewrite(Component):
     kind = "rewrite"
     description = "Edit the caption according to the modification text with an LLM (one or several templates, n samples)."
-    inputs = {"caption": Port("text", "caption"), "modification": Port("text", "modification")}
+    inputs = {"caption": Port("texts", "caption"), "modification": Port("text", "modification")}
     outputs = {"description": "text", "descriptions": "texts", "sources": "sources"}
     model_types = ("llm", "vlm")
     prompt_variables = ("caption", "modification")
@@ -47,46 +49,53 @@ class Rewrite(Component):
         return {"description": texts[0], "descriptions": texts, "sources": [{"template": "given", "sample": i + 1} for i in range(len(texts))]}
 
     def run(self, items: list[dict[str, Any]]) -> list[ItemResult]:
+        per_caption = [[item["caption"]] if isinstance(item["caption"], str) else list(item["caption"]) for item in items]
         conversations = [
-            [template.render(caption=item["caption"], modification=item["modification"]) for template in self.prompts]
-            for item in items
+            [template.render(caption=caption, modification=item["modification"]) for caption in captions for template in self.prompts]
+            for item, captions in zip(items, per_caption)
         ]
         requests = [GenerationRequest(messages=m) for per_item in conversations for m in per_item]
         generations, failure = generate_keeping_answers(self.model, requests, self.params)
-        per_item = len(self.prompts)
-        results = []
+        results, start = [], 0
         for i, item in enumerate(items):
+            count = len(conversations[i])
+            answers, start = generations[start : start + count], start + count
             result = ItemResult(prompts=conversations[i])
-            if any(generations[i * per_item + t] is None for t in range(per_item)):
+            if any(answer is None for answer in answers):
                 result.error = f"no answer: {failure}"
                 results.append(result)
                 continue
+            several = len(per_caption[i]) > 1
             descriptions, sources = [], []
-            for t, template in enumerate(self.prompts):
-                messages = conversations[i][t]
-                output = template.spec.output
-                marker = output.after
-                prompt_ends_with_marker = bool(marker) and messages[-1]["content"].rstrip().endswith(marker)
-                for sample, gen in enumerate(generations[i * per_item + t]):
-                    label = f"rewrite {len(descriptions) + 1} ({template.name}, sample {sample + 1})"
-                    result.raw.append(gen.text)
-                    if output.first_line is not None:
-                        parsed, problem = first_line_answer(gen.text, output.first_line, output.until)
-                    else:
-                        parsed, problem = parse_answer(gen.text, marker, marker_in_prompt=prompt_ends_with_marker)
-                    if gen.finish_reason == "length":
-                        result.notes.append(f"{label}: answer cut at max_new_tokens={self.params.max_new_tokens}")
-                    if parsed is None:
-                        if self.params.fallback == "error":
-                            result.error = f"cannot parse the LLM's answer ({label}): {problem}"
-                        if self.params.fallback == "modification":
-                            parsed = item["modification"]
-                            result.notes.append(f"{label}: fallback to the modification: {problem}")
+            for c, caption in enumerate(per_caption[i]):
+                for t, template in enumerate(self.prompts):
+                    at = c * len(self.prompts) + t
+                    messages = conversations[i][at]
+                    output = template.spec.output
+                    marker = output.after
+                    prompt_ends_with_marker = bool(marker) and messages[-1]["content"].rstrip().endswith(marker)
+                    for sample, gen in enumerate(answers[at]):
+                        of = f"caption {c + 1}, " if several else ""
+                        label = f"rewrite {len(descriptions) + 1} ({of}{template.name}, sample {sample + 1})"
+                        result.raw.append(gen.text)
+                        if output.first_line is not None:
+                            parsed, problem = first_line_answer(gen.text, output.first_line, output.until)
                         else:
-                            parsed = f"{item['caption']} {item['modification']}"
-                            result.notes.append(f"{label}: fallback to caption + modification: {problem}")
-                    descriptions.append(parsed)
-                    sources.append({"template": template.name, "sample": sample + 1})
+                            parsed, problem = parse_answer(gen.text, marker, marker_in_prompt=prompt_ends_with_marker)
+                        if gen.finish_reason == "length":
+                            result.notes.append(f"{label}: answer cut at max_new_tokens={self.params.max_new_tokens}")
+                        if parsed is None:
+                            if self.params.fallback == "error":
+                                result.error = f"cannot parse the LLM's answer ({label}): {problem}"
+                            if self.params.fallback == "modification":
+                                parsed = item["modification"]
+                                result.notes.append(f"{label}: fallback to the modification: {problem}")
+                            else:
+                                parsed = f"{caption} {item['modification']}"
+                                result.notes.append(f"{label}: fallback to caption + modification: {problem}")
+                        descriptions.append(parsed)
+                        source = {"template": template.name, "sample": sample + 1}
+                        sources.append({"caption": c + 1, **source} if several else source)
             result.outputs = {"description": descriptions[0], "descriptions": descriptions, "sources": sources}
             results.append(result)
         return results

@@ -11,10 +11,16 @@ final scores: only them (`only`, GeneCIS), or the top k followed by the candidat
 (CIRR's subsets), so that a later rerank and the evaluation see the pipeline's own ranking.
 
 Two optional re-scorings of the top `rescore_depth` candidates, from the index's stored vectors:
-  gallery_captions: w   s = (1 - w) * cos(q, image) + w * cos(q, caption of the image), with the
-                        captions computed at index time (`cirkit index ... --captions PIPELINE`)
-  increment (SEIZE)     with r the reference caption's vector (input `reference_vectors`) and
-                        d = s(q) - s(r): score = s(q) + positive * max(d, 0) - negative * max(-d, 0)
+  gallery_captions: w   s = (1 - w) * cos(q, image) + w * mean_k cos(q_k, caption k of the image),
+                        with the captions computed at index time (`cirkit index ... --captions
+                        PIPELINE`, one or several per image); q_k is the query, or with
+                        `caption_queries` wired (a fuse step's, one per caption: WeiMoCIR) the k-th
+  increment (SEIZE)     with r the reference captions' vectors (input `reference_vectors`, fused as
+                        the query is) and d = s(q) - s(r):
+                        score = s(q) + positive * max(d, 0) - negative * max(-d, 0)
+
+With several query vectors, `mean` is the mean of the vectors as given, renormalized: the mean of
+normalized vectors, or of CLIP's raw features when the embed step gives them (SEIZE, LDRE on CIRR).
 """
 
 from __future__ import annotations
@@ -71,6 +77,7 @@ class Search(Component):
     inputs = {
         "query_vectors": Port("vectors", "query_vectors"),
         "reference_vectors": Port("vectors", optional=True),
+        "caption_queries": Port("vectors", optional=True),
         "candidates": Port("candidates", "candidates", optional=True),
     }
     outputs = {"results": "results"}
@@ -83,6 +90,8 @@ class Search(Component):
 
     @classmethod
     def check(cls, params: SearchParams, wiring: dict[str, str | None]) -> None:
+        if wiring.get("caption_queries") is not None and params.gallery_captions == 0:
+            raise ValueError("input 'caption_queries' is scored against gallery captions: set params.gallery_captions (0 < w <= 1)")
         if params.increment is not None and wiring.get("reference_vectors") is None:
             raise ValueError(
                 "field 'params.increment' scores against the reference caption: wire its vectors, "
@@ -116,7 +125,7 @@ class Search(Component):
         elif fused:
             candidates = self.index.search(np.stack(fused), max(self.params.k, self.params.rescore_depth))
             for i, query, ranked in zip(fused_at, fused, candidates):
-                results[i] = self._rescore(query, items[i].get("reference_vectors"), ranked)
+                results[i] = self._rescore(query, items[i].get("reference_vectors"), ranked, caption_queries=items[i].get("caption_queries"))
         return results  # type: ignore[return-value]
 
     def _with_candidates(self, item: dict[str, Any], result: ItemResult) -> None:
@@ -135,7 +144,7 @@ class Search(Component):
                 hits = rrf(lists, len(hits), self.params.rrf_k)
             else:
                 query = fuse_vectors(vectors, self.params.weights if self.params.fusion == "weighted" else None)
-                hits = self._rescore(query, item.get("reference_vectors"), hits, keep=len(hits)).outputs["results"]
+                hits = self._rescore(query, item.get("reference_vectors"), hits, keep=len(hits), caption_queries=item.get("caption_queries")).outputs["results"]
         ranked = [] if only else result.outputs["results"]
         result.outputs["results"] = ranked + [{**hit, "rank": len(ranked) + r + 1} for r, hit in enumerate(hits)]
         missing = len(item["candidates"]["paths"]) - len(wanted)
@@ -144,28 +153,41 @@ class Search(Component):
             + (f"; {missing} are not in the index" if missing else "")
         )
 
-    def _rescore(self, query: np.ndarray, reference: Any, ranked: list[dict[str, Any]], keep: int | None = None) -> ItemResult:
+    def _rescore(
+        self, query: np.ndarray, reference: Any, ranked: list[dict[str, Any]], keep: int | None = None, caption_queries: Any = None,
+    ) -> ItemResult:
         """The candidates scored again: image and gallery-caption similarity, and the editing increment."""
         from cirkit.gallery.captions import GalleryCaptions
 
         rows = np.array([self.index.row_of[hit["path"]] for hit in ranked], dtype=np.int64)
         images = np.asarray(self.index.vectors[rows], dtype=np.float32)
         w = self.params.gallery_captions
-        captions = GalleryCaptions.of(self.index).vectors[rows] if w > 0 else None
+        captions = GalleryCaptions.of(self.index).vectors[rows] if w > 0 else None  # (candidates, K, dim)
+        per_caption = None
+        if captions is not None and caption_queries is not None:
+            per_caption = np.atleast_2d(np.asarray(caption_queries, dtype=np.float32))
+            if len(per_caption) not in (1, captions.shape[1]):
+                return ItemResult(error=f"{len(per_caption)} caption queries do not fit the {captions.shape[1]} gallery captions per image")
 
-        def score(vector: np.ndarray) -> np.ndarray:
+        def caption_score(vectors: np.ndarray) -> np.ndarray:
+            if len(vectors) == 1:
+                return (captions @ vectors[0]).mean(axis=1)
+            return np.einsum("ckd,kd->ck", captions, vectors).mean(axis=1)
+
+        def score(vector: np.ndarray, caption_vectors: np.ndarray | None = None) -> np.ndarray:
             s = images @ vector
-            return (1 - w) * s + w * (captions @ vector) if captions is not None else s
+            if captions is None:
+                return s
+            return (1 - w) * s + w * caption_score(caption_vectors if caption_vectors is not None else vector[None])
 
-        scores = score(query)
+        scores = score(query, per_caption)
         parts: dict[str, np.ndarray] = {"image": images @ query}
         if captions is not None:
-            parts["caption"] = captions @ query
-        notes = [f"re-scored the top {len(ranked)} candidates" + (f", gallery-caption weight {w}" if w > 0 else "")]
+            parts["caption"] = caption_score(per_caption if per_caption is not None else query[None])
+        notes = [f"re-scored the top {len(ranked)} candidates" + (
+            f", gallery-caption weight {w} over {captions.shape[1]} caption(s) per image" if captions is not None else "")]
         if self.params.increment is not None:
-            from cirkit.components.fuse import mean_vector
-
-            delta = scores - score(mean_vector(reference))
+            delta = scores - score(fuse_vectors(np.atleast_2d(np.asarray(reference, dtype=np.float32))))
             inc = self.params.increment
             parts["increment"] = delta
             scores = scores + inc.positive * np.maximum(delta, 0) - inc.negative * np.maximum(-delta, 0)

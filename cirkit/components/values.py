@@ -12,7 +12,7 @@ VALUE_TYPES: dict[str, str] = {
     "image": "a decoded RGB image (the reference image)",
     "text": "one text (a caption, a description, the modification)",
     "texts": "a list of texts (an ensemble of descriptions, several captions)",
-    "vectors": "CLIP vectors, one L2-normalized row per text or image",
+    "vectors": "CLIP vectors, one row per text or image (L2-normalized unless an embed step says normalize: false)",
     "results": "ranked gallery images [{rank, path, score, ...}]",
     "verdicts": "a judge's answer and score per judged candidate",
     "sources": "where each text of a list came from (template, sample)",

@@ -171,8 +171,8 @@ class ClipModel:
     def describe(self) -> dict[str, Any]:
         return {"engine": "open_clip", **{k: v for k, v in self._identity.items() if k != "preprocess"}}
 
-    def encode_texts(self, texts: list[str], batch_size: int = 256) -> tuple[np.ndarray, list[bool]]:
-        """L2-normalized text vectors, and for each text whether it was cut to the context length."""
+    def encode_texts(self, texts: list[str], batch_size: int = 256, normalize: bool = True) -> tuple[np.ndarray, list[bool]]:
+        """Text vectors (L2-normalized unless `normalize` is False), and for each text whether it was cut to the context length."""
         import torch
 
         truncated = [self._too_long(t) for t in texts]
@@ -180,15 +180,17 @@ class ClipModel:
         with torch.inference_mode(), self._autocast_context():
             for start in range(0, len(texts), batch_size):
                 tokens = self.tokenizer(texts[start : start + batch_size]).to(self.device)
-                vectors.append(self._normalize(self.model.encode_text(tokens)))
+                features = self.model.encode_text(tokens)
+                vectors.append(self._normalize(features) if normalize else self._raw(features))
         return np.concatenate(vectors), truncated
 
-    def encode_images(self, pixels) -> np.ndarray:
-        """L2-normalized image vectors for a batch of preprocessed image tensors."""
+    def encode_images(self, pixels, normalize: bool = True) -> np.ndarray:
+        """Image vectors (L2-normalized unless `normalize` is False) for a batch of preprocessed image tensors."""
         import torch
 
         with torch.inference_mode(), self._autocast_context():
-            return self._normalize(self.model.encode_image(pixels.to(self.device, self.dtype, non_blocking=True)))
+            features = self.model.encode_image(pixels.to(self.device, self.dtype, non_blocking=True))
+            return self._normalize(features) if normalize else self._raw(features)
 
     def _autocast_context(self):
         import torch
@@ -202,6 +204,10 @@ class ClipModel:
         features = features.float()
         features = features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         return features.cpu().numpy().astype(np.float32)
+
+    @staticmethod
+    def _raw(features) -> np.ndarray:
+        return features.float().cpu().numpy().astype(np.float32)
 
     def _too_long(self, text: str) -> bool:
         tok = self.tokenizer

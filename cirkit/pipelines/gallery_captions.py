@@ -1,5 +1,6 @@
 """Gallery captions at index time: the pipeline's caption step run over every gallery image, then
-its CLIP over the captions, stored beside the index (cirkit.gallery.captions).
+its CLIP over the captions, stored beside the index (cirkit.gallery.captions). A caption step with
+several templates or `n` samples keeps all its captions per image, in its order.
 
 The step runs through the runner's own step execution, and its captions are filed under the
 step's fingerprint (the same hash as the step cache's keys), by image content hash: an interrupted
@@ -56,7 +57,7 @@ def caption_gallery(index_dir: str | Path, pipeline: Any, models: Any, *, progre
     batch = max(1, step.params.batch_size)
     with progress_bar(progress and bool(todo)) as bar, open(captions_file, "a", encoding="utf-8") as out:
         if done and out.tell() == 0:  # captions of an earlier release, filed under this step's fingerprint
-            out.writelines(json.dumps({"sha256": h, "caption": c}) + "\n" for h, c in done.items())
+            out.writelines(json.dumps({"sha256": h, "captions": c}) + "\n" for h, c in done.items())
         task = bar.add_task("captioning the gallery", total=len(todo))
         for start in range(0, len(todo), batch):
             chunk, items = [], []
@@ -71,8 +72,8 @@ def caption_gallery(index_dir: str | Path, pipeline: Any, models: Any, *, progre
                 if result.error:
                     failed.append({"path": str(path_of[sha]), "reason": result.error})
                     continue
-                done[sha] = result.outputs["caption"]
-                out.write(json.dumps({"sha256": sha, "caption": done[sha]}) + "\n")
+                done[sha] = list(result.outputs.get("captions") or [result.outputs["caption"]])
+                out.write(json.dumps({"sha256": sha, "captions": done[sha]}) + "\n")
             out.flush()
             os.fsync(out.fileno())
             bar.advance(task, len(todo[start : start + batch]))
@@ -83,8 +84,15 @@ def caption_gallery(index_dir: str | Path, pipeline: Any, models: Any, *, progre
     known = read_vectors(vectors_file)
     missing = [h for h in covered if h not in known]
     if missing:
-        vectors, _ = clip.encode_texts([done[h] for h in missing])
-        known.update(zip(missing, vectors))
+        flat = [text for h in missing for text in done[h]]
+        vectors, _ = clip.encode_texts(flat)
+        start = 0
+        for h in missing:
+            known[h], start = vectors[start : start + len(done[h])], start + len(done[h])
+    counts = {len(known[h]) for h in covered}
+    if len(counts) > 1:
+        raise CirkitError(f"the caption step '{step.name}' gave {min(counts)} to {max(counts)} captions per image: every image needs the same number")
+    if missing:
         write_vectors(vectors_file, known)
     activate(index, {
         "captioner": {"engine": spec.engine, "model": spec.id or spec.name},
@@ -94,11 +102,12 @@ def caption_gallery(index_dir: str | Path, pipeline: Any, models: Any, *, progre
         "vectors_file": vectors_file.name,
         "clip": clip.identity,
         "count": len(covered),
+        "per_image": counts.pop() if counts else 0,
     })
     return CaptionReport(count=len(covered), captioned=len(todo) - len(failed), reused=len(hashes) - len(todo), failed=failed)
 
 
-def _earlier_captions(folder: Path, spec: Any, step: Any) -> dict[str, str]:
+def _earlier_captions(folder: Path, spec: Any, step: Any) -> dict[str, list[str]]:
     """Captions filed by release 0.1, under a digest of the same model, params and templates."""
     text = json.dumps([model_fingerprint(spec), step.params.model_dump(exclude={"batch_size"}), [p.text for p in step.prompts]], sort_keys=True)
     return read_captions(folder / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.jsonl")
