@@ -5,12 +5,13 @@ from cirkit.components.caption import Caption
 from cirkit.components.embed import Embed, EmbedImage
 from cirkit.components.fuse import Fuse, Pdv
 from cirkit.components.rerank import Rerank
+from cirkit.components.reason import Reason
 from cirkit.components.rewrite import Rewrite
 from cirkit.components.search import Search
 from cirkit.components.values import QUERY_VALUES, VALUE_TYPES, Port
 
 COMPONENTS: dict[str, type[Component]] = {
-    c.kind: c for c in (Caption, Rewrite, Embed, EmbedImage, Fuse, Pdv, Search, Rerank)
+    c.kind: c for c in (Caption, Rewrite, Reason, Embed, EmbedImage, Fuse, Pdv, Search, Rerank)
 }
 
 __all__ = ["COMPONENTS", "QUERY_VALUES", "VALUE_TYPES", "Component", "ItemResult", "Port"]
