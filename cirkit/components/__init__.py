@@ -3,6 +3,8 @@
 from cirkit.components.base import Component, ItemResult
 from cirkit.components.caption import Caption
 from cirkit.components.embed import Embed, EmbedImage
+from cirkit.components.ensemble import Ensemble
+from cirkit.components.feedback import Feedback
 from cirkit.components.fuse import Fuse, Pdv
 from cirkit.components.rerank import Rerank
 from cirkit.components.reason import Reason
@@ -11,7 +13,7 @@ from cirkit.components.search import Search
 from cirkit.components.values import QUERY_VALUES, VALUE_TYPES, Port
 
 COMPONENTS: dict[str, type[Component]] = {
-    c.kind: c for c in (Caption, Rewrite, Reason, Embed, EmbedImage, Fuse, Pdv, Search, Rerank)
+    c.kind: c for c in (Caption, Rewrite, Reason, Embed, EmbedImage, Fuse, Pdv, Ensemble, Search, Feedback, Rerank)
 }
 
 __all__ = ["COMPONENTS", "QUERY_VALUES", "VALUE_TYPES", "Component", "ItemResult", "Port"]
