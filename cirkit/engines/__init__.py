@@ -33,6 +33,12 @@ def _openai(spec) -> Any:
     return OpenAIEngine(spec)
 
 
+def _ray(spec) -> Any:
+    from cirkit.engines.ray_engine import RayEngine
+
+    return RayEngine(spec)
+
+
 def _langchain(spec) -> Any:
     from cirkit.engines.langchain_engine import LangChainEngine
 
@@ -45,6 +51,7 @@ ENGINES: dict[str, Callable[[Any], Any]] = {
     "vllm": _vllm,
     "openai": _openai,
     "langchain": _langchain,
+    "ray": _ray,
     "open_clip": _open_clip,
 }
 CLIP_ENGINES = ("open_clip",)

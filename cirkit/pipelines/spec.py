@@ -30,13 +30,15 @@ class ModelSpec(BaseModel):
       openai        any OpenAI-compatible server: `base_url`, `id` = the served model name,
                     the API key read from the environment variable `api_key_env` (if set)
       langchain     any langchain-core chat model: `class_path` ("package.module:Class"), `options` its kwargs
+      ray           on a Ray cluster (Ray Data): `options.processor` http (`base_url`), vllm or transformers
+                    (`id` loaded by each replica); `options.address`, `replicas`, ... (cirkit.engines.ray_engine)
     clip (engine `open_clip`): `name` + `pretrained` tag (or checkpoint path), or a local model
     config JSON as `name` + a checkpoint as `pretrained`.
     """
 
     model_config = ConfigDict(extra="forbid")
     type: Literal["vlm", "llm", "clip"]
-    engine: Literal["transformers", "vllm", "openai", "langchain", "open_clip"] | None = None
+    engine: Literal["transformers", "vllm", "openai", "langchain", "ray", "open_clip"] | None = None
     id: str | None = None
     revision: str | None = None
     name: str | None = None
@@ -70,18 +72,23 @@ class ModelSpec(BaseModel):
             raise ValueError(f"'preprocess' (clip or targetpad) is an option of clip models, not of a {self.type} model")
         self.engine = self.engine or "transformers"
         if self.engine == "open_clip":
-            raise ValueError(f"a {self.type} model runs on engine transformers, vllm, openai or langchain")
+            raise ValueError(f"a {self.type} model runs on engine transformers, vllm, openai, langchain or ray")
         if self.engine in ("transformers", "vllm") and not self.id:
             raise ValueError(f"a {self.type} model on {self.engine} needs 'id' (Hugging Face id or local directory)")
         if self.engine == "openai" and not (self.base_url and self.id):
             raise ValueError("an openai-engine model needs 'base_url' and 'id' (the model name the server serves)")
         if self.engine == "langchain" and not self.class_path:
             raise ValueError("a langchain-engine model needs 'class_path', e.g. langchain_openai:ChatOpenAI")
+        if self.engine == "ray":
+            from cirkit.engines.ray_engine import ray_options
+
+            ray_options(self)
         return self
 
     def resolve_paths(self, base_dir: Path) -> None:
         """Make file references relative to the pipeline file absolute."""
-        fields = ("id", "name", "pretrained") if self.engine in ("transformers", "vllm", "open_clip") else ()
+        local = self.engine in ("transformers", "vllm", "open_clip") or (self.engine == "ray" and not self.base_url)
+        fields = ("id", "name", "pretrained") if local else ()
         for field in fields:
             value = getattr(self, field)
             if value and _looks_like_path(value):
