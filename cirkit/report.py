@@ -86,6 +86,8 @@ def _run(run: RunRecord, k: int, thumb: int) -> str:
             judged = verdicts.get(hit["path"])
             verifier = f" data-verifier='{judged['verifier']}'" if judged and judged.get("verifier") is not None else ""
             judge = f"<br>judge: {escape(str(judged.get('answer')))} ({escape(judged.get('source', ''))})" if judged else ""
+            checks = [c for step in run.steps for v in step.outputs.get("verdicts") or [] if v and v["path"] == hit["path"] for c in v.get("checks") or []]
+            judge += "".join(f"<br><span class='check'>{escape(_check_text(c))}</span>" for c in checks)
             parts.append(
                 f"<figure class='{'target' if is_target else 'hit'}' data-rank='{hit['rank']}'{verifier}>"
                 f"{_image(hit.get('file') or str(root / hit['path']), thumb, hit['path'])}"
@@ -113,9 +115,10 @@ def _step(step: StepRecord) -> str:
         for i, (text, src) in enumerate(zip(out["descriptions"], sources)):
             label = f"rewrite {i + 1}" + (f" ({src.get('template')}, sample {src.get('sample')})" if src else "")
             texts.append((label, text))
+    texts.extend((f"proposition {i + 1}", text) for i, text in enumerate(out.get("propositions") or []))
     for label, text in texts:
         parts.append(f"<div class='meta'>{escape(label)}</div><div class='text output'>{escape(str(text))}</div>")
-    if step.prompts and step.kind in ("caption", "rewrite", "rerank"):
+    if step.prompts and step.kind in ("caption", "rewrite", "rerank", "reason", "propositions", "verify", "compare"):
         rendered = "\n\n".join(_prompt_text(p) for p in step.prompts)
         raw = "\n\n".join(str(r) for r in step.raw)
         parts.append(
@@ -127,6 +130,13 @@ def _step(step: StepRecord) -> str:
         parts.append(f"<div class='error'>{escape(step.error)}</div>")
     parts.append("</div>")
     return "\n".join(parts)
+
+
+def _check_text(check: dict[str, Any]) -> str:
+    """One proposition checked on a candidate, or one pairwise comparison: its answer and P(yes)."""
+    what = check["proposition"] if "proposition" in check else f"vs {check['against']} ({check['shown']})"
+    p_yes = f" {check['p_yes']:.2f}" if check.get("p_yes") is not None else ""
+    return f"{what}: {check.get('answer')}{p_yes}"
 
 
 def _prompt_text(prompt: Any) -> str:

@@ -112,3 +112,129 @@ def test_reason_needs_a_vlm_and_fails_on_format_when_asked(cli, tmp_path, tiny_m
     res = cli("query", "-i", gallery_index, "--image", gallery / "img0002.jpg", "-t", "make it red", "-p", pipeline, *models)
     assert res.exit_code != 0
     assert "cannot parse the target description" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+# --- imagescope -------------------------------------------------------------------------------------
+
+def _small(tmp_path, name: str, **replace: str):
+    """A built-in pipeline's text with shorter generations, written next to the test."""
+    from cirkit.pipelines.spec import builtin_path
+
+    text = builtin_path(name).read_text()
+    for old, new in replace.items():
+        assert old in text
+        text = text.replace(old, new)
+    path = tmp_path / f"{name}-small.yaml"
+    path.write_text(text)
+    return path
+
+
+def _p_yes(logprobs):
+    yes, no = np.exp(logprobs["yes"]), np.exp(logprobs["no"])
+    return yes / (yes + no)
+
+
+@pytest.mark.parametrize(
+    "answer, marker, expected",
+    [
+        ("1. the dress is red\n2. the dress is short\n- it has no sleeves\n", None, ["the dress is red", "the dress is short", "it has no sleeves"]),
+        ("Statements:\n* A red dress.\n* a red dress.\n\n(b) \"short\"", None, ["A red dress.", "short"]),
+        ("chatter Propositions: red\nshort", "Propositions:", ["red", "short"]),
+        ("no marker here", "Propositions:", []),
+        ("   \n", None, []),
+    ],
+)
+def test_propositions_are_read_one_per_line(answer, marker, expected):
+    from cirkit.components.propositions import parse_propositions
+
+    assert parse_propositions(answer, marker)[0] == expected
+
+
+def test_imagescope_checks_every_proposition_and_the_scores_are_the_share_that_hold(
+    cli, tmp_path, tiny_models, tiny_judge, gallery, gallery_index, engine_calls_counter
+):
+    pipeline = _small(tmp_path, "imagescope", **{"max_new_tokens: 512": "max_new_tokens: 6", "max_new_tokens: 160": "max_new_tokens: 12"})
+    models = _models(tiny_models, mllm=tiny_judge, llm=tiny_models.llm)
+    run = _query(cli, gallery_index, gallery / "img0007.jpg", pipeline, *models, "-k", "20")
+    steps = {s["name"]: s for s in _show(cli, run["id"])["steps"]}
+    assert list(steps) == ["reason", "embed", "search", "propositions", "verify", "compare"]
+    props = steps["propositions"]["outputs"]["propositions"]
+    assert props and steps["propositions"]["raw"][0].strip()
+
+    # three propositions by hand: verify and compare run again on them
+    engine_calls_counter.clear()
+    res = cli("runs", "edit", run["id"], "propositions", "--text", "a red square\n- a white background\n\none object only")
+    assert res.exit_code == 0, res.stderr
+    new_id = json.loads(cli("runs", "list", "--json").stdout)[0]["id"]
+    new = _show(cli, new_id)
+    steps = {s["name"]: s for s in new["steps"]}
+    props = steps["propositions"]["outputs"]["propositions"]
+    assert props == ["a red square", "a white background", "one object only"]
+    # every (candidate, proposition) check in one call, then the 6 ordered pairs of the top 3 in one call
+    assert engine_calls_counter == [(str(tiny_judge), 20 * 3), (str(tiny_judge), 6)]
+
+    verify = steps["verify"]
+    search = steps["search"]["outputs"]["results"]
+    verdicts = verify["outputs"]["verdicts"]
+    assert [v["path"] for v in verdicts] == [h["path"] for h in search[:20]]
+    assert [c["proposition"] for v in verdicts for c in v["checks"]] == props * 20
+    assert verify["raw"] == [c["answer"] for v in verdicts for c in v["checks"]]
+    # golden: P(yes) from the stored first-token log-probabilities, the mean over propositions, plus retrieval
+    p = np.array([[_p_yes(c["logprobs"]) for c in v["checks"]] for v in verdicts])
+    assert np.allclose(p, [[c["p_yes"] for c in v["checks"]] for v in verdicts])
+    assert len(np.unique(p.round(4))) > 1
+    expected = np.array([h["score"] for h in search[:20]]) + 1.0 * p.mean(axis=1)
+    assert np.allclose([v["score"] for v in verdicts], expected)
+    order = np.argsort(-expected, kind="stable")
+    assert [h["path"] for h in verify["outputs"]["results"][:20]] == [verdicts[j]["path"] for j in order]
+    assert np.allclose([h["score"] for h in verify["outputs"]["results"][:20]], expected[order])
+
+    # compare: the top 3 by win share from the stored answers (a wins P(yes), b wins 1 - P(yes))
+    compare = steps["compare"]
+    top3 = verify["outputs"]["results"][:3]
+    wins = {h["path"]: [] for h in top3}
+    for v in compare["outputs"]["verdicts"]:
+        assert len(v["checks"]) == 4
+        for c in v["checks"]:
+            q = _p_yes(c["logprobs"])
+            wins[v["path"]].append(q if c["shown"] == "first" else 1 - q)
+    share = {path: np.mean(w) for path, w in wins.items()}
+    ranked = sorted((h["path"] for h in top3), key=lambda path: -share[path])
+    final = new["results"]
+    assert [h["path"] for h in final[:3]] == ranked
+    assert [h["score"] for h in final[:3]] == [h["score"] for h in top3]  # the places keep their scores
+    assert [h["path"] for h in final[3:20]] == [h["path"] for h in verify["outputs"]["results"][3:20]]
+
+    shown = cli("runs", "show", new_id)
+    assert shown.exit_code == 0, shown.stderr
+    assert "a white background:" in shown.stdout and "(shown first)" in shown.stdout
+    report = cli("report", new_id, "--out", tmp_path / "r.html")
+    assert report.exit_code == 0, report.stderr
+    html = (tmp_path / "r.html").read_text()
+    assert "proposition 2" in html and "one object only: " in html and "(second)" in html
+
+
+def test_propositions_fall_back_to_the_description_with_a_note(tmp_path, tiny_models, tiny_judge, gallery, gallery_index):
+    from cirkit.api import query
+
+    (tmp_path / "props.yaml").write_text(
+        'name: props-marker\nvariables: [description]\noutput: {after: "Propositions:"}\ntemplate: "Split into statements: {description}"\n'
+    )
+    (tmp_path / "p.yaml").write_text(
+        f"""name: props-test
+models:
+  llm: {{type: llm, id: "{tiny_models.llm}"}}
+  judge: {{type: vlm, id: "{tiny_judge}"}}
+  clip: {{type: clip, name: "{tiny_models.clip_config}", pretrained: "{tiny_models.clip_checkpoint}"}}
+steps:
+  - {{name: embed, kind: embed, model: clip, inputs: {{texts: modification}}}}
+  - {{name: search, kind: search, params: {{k: 5}}}}
+  - {{name: propositions, kind: propositions, model: llm, prompt: ./props.yaml, inputs: {{description: modification}}, params: {{max_new_tokens: 6}}}}
+  - {{name: verify, kind: verify, model: judge, prompt: verify-proposition, params: {{k: 4}}}}
+"""
+    )
+    run = query(gallery / "img0001.jpg", "make it blue", gallery_index, pipeline=tmp_path / "p.yaml", data_dir=tmp_path / "data")
+    props = run["steps"][2]
+    assert props["outputs"]["propositions"] == ["make it blue"]
+    assert any("fallback to the description" in n and "no 'Propositions:' in the answer" in n for n in props["notes"])
+    assert [len(v["checks"]) for v in run["steps"][3]["outputs"]["verdicts"]] == [1, 1, 1, 1]

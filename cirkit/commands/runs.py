@@ -113,7 +113,12 @@ def _verdict_line(v: dict[str, Any]) -> str:
     """One judged candidate: its answer, verifier score and where it came from, and its scores."""
     judged = f"P(yes) {v['verifier']:.3f} ({v['source']})" if v.get("verifier") is not None else v.get("source", "")
     scores = f", retrieval {v['retrieval_score']:.4f} -> {v['score']:.4f}" if "score" in v else ""
-    return f"#{v['rank']} {v['path']}: {v.get('answer')!r} {judged}{scores}"
+    lines = [f"#{v['rank']} {v['path']}: {v.get('answer')!r} {judged}{scores}"]
+    for check in v.get("checks") or []:  # verify: one per proposition; compare: one per comparison
+        what = check["proposition"] if "proposition" in check else f"vs {check['against']} (shown {check['shown']})"
+        p_yes = f"P(yes) {check['p_yes']:.3f} ({check['source']})" if check.get("p_yes") is not None else check.get("source", "")
+        lines.append(f"    {what}: {check.get('answer')!r} {p_yes}")
+    return "\n".join(lines)
 
 
 

@@ -15,6 +15,7 @@ VALUE_TYPES: dict[str, str] = {
     "vectors": "CLIP vectors, one row per text or image (L2-normalized unless an embed step says normalize: false)",
     "results": "ranked gallery images [{rank, path, score, ...}]",
     "verdicts": "a judge's answer and score per judged candidate",
+    "propositions": "atomic yes/no statements the target image should satisfy",
     "sources": "where each text of a list came from (template, sample)",
     "candidates": "gallery images a benchmark gives a query: {paths, only} (rank only them, or them too)",
 }
