@@ -192,7 +192,7 @@ def test_http_on_transformers_serve_matches_in_process(ray_instance, tiny_models
 
 @pytest.fixture(scope="module")
 def toy_world(tmp_path_factory) -> Path:
-    from cirkit import toy
+    from cirkit.toy import benchmark as toy
 
     root = tmp_path_factory.mktemp("toy-world")
     toy.write_benchmark(root)
@@ -310,7 +310,7 @@ def test_an_address_that_does_not_answer_fails_in_seconds(tmp_path):
     entry = json.dumps(toy_entry("vlm", processor="transformers", address=f"127.0.0.1:{port}"))
     try:
         start = time.monotonic()
-        res = run_cirkit(["index", images, "--out", tmp_path / "idx", "-p", "toy", "--captions", "toy",
+        res = run_cirkit(["index", images, "--out", tmp_path / "idx", "--pipeline", "toy", "--captions", "toy",
                           "--model", f"captioner={entry}"], tmp_path)
         took = time.monotonic() - start
     finally:
