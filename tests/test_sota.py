@@ -238,3 +238,99 @@ steps:
     assert props["outputs"]["propositions"] == ["make it blue"]
     assert any("fallback to the description" in n and "no 'Propositions:' in the answer" in n for n in props["notes"])
     assert [len(v["checks"]) for v in run["steps"][3]["outputs"]["verdicts"]] == [1, 1, 1, 1]
+
+
+# --- image editing: edit_image, image-to-image search, merge ---------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_editor(tmp_path_factory):
+    pytest.importorskip("diffusers", reason="the diffusers engine needs diffusers (pip install -e '.[dev]')")
+    from tiny_diffusers import build_tiny_instruct_pix2pix
+
+    return build_tiny_instruct_pix2pix(tmp_path_factory.mktemp("models") / "ip2p")
+
+
+def _edit_pipeline(tmp_path, tiny_models, editor, method="rrf"):
+    path = tmp_path / "edit.yaml"
+    path.write_text(
+        f"""name: edit-test
+models:
+  editor: {{type: image_editor, id: "{editor}"}}
+  clip: {{type: clip, name: "{tiny_models.clip_config}", pretrained: "{tiny_models.clip_checkpoint}"}}
+steps:
+  - {{name: edit, kind: edit_image, model: editor, params: {{steps: 2, size: 32, seed: 3}}}}
+  - {{name: embed_edited, kind: embed_image, model: clip, inputs: {{image: edit.edited_image}}}}
+  - {{name: search_image, kind: search, inputs: {{query_vectors: embed_edited.image_vectors}}, params: {{k: 10}}}}
+  - {{name: embed_text, kind: embed, model: clip, inputs: {{texts: modification}}}}
+  - {{name: search_text, kind: search, inputs: {{query_vectors: embed_text.query_vectors}}, params: {{k: 10}}}}
+  - {{name: merge, kind: merge, inputs: {{a: search_text.results, b: search_image.results}}, params: {{method: {method}, k: 10}}}}
+"""
+    )
+    return path
+
+
+def test_edited_image_is_stored_searched_with_and_merged_with_the_text_path(cli, tmp_path, tiny_models, tiny_editor, gallery, gallery_index):
+    import hashlib
+
+    from cirkit.images import load_image
+
+    path = _edit_pipeline(tmp_path, tiny_models, tiny_editor)
+    run = _query(cli, gallery_index, gallery / "img0005.jpg", path, "-k", "10")
+    steps = {s["name"]: s for s in _show(cli, run["id"])["steps"]}
+    ref = steps["edit"]["outputs"]["edited_image"]
+    stored = tmp_path / "data" / "images" / ref["sha256"][:2] / f"{ref['sha256']}.png"
+    assert ref["image_file"] == str(stored) and hashlib.sha256(stored.read_bytes()).hexdigest() == ref["sha256"]
+    assert load_image(stored).size == (32, 24)  # 40x32 scaled to 32 on the long side, sides multiples of 8
+    assert steps["edit"]["model"]["engine"] == "diffusers" and steps["edit"]["model"]["pipeline"] == "StableDiffusionInstructPix2PixPipeline"
+    assert steps["edit"]["prompts"] == [{"images": ["reference"], "prompt": "make it red"}]
+
+    # the image path searched with the CLIP vector of the stored image
+    from cirkit.engines.open_clip_engine import ClipModel
+
+    clip = ClipModel(str(tiny_models.clip_config), str(tiny_models.clip_checkpoint))
+    vector = clip.encode_images(clip.preprocess(load_image(stored))[None])[0]
+    assert np.allclose(steps["embed_edited"]["outputs"]["image_vectors"][0], vector, atol=1e-5)
+
+    # golden: reciprocal-rank fusion of the two lists
+    a, b = steps["search_text"]["outputs"]["results"], steps["search_image"]["outputs"]["results"]
+    fused = {}
+    for hits in (a, b):
+        for hit in hits:
+            fused[hit["path"]] = fused.get(hit["path"], 0.0) + 1.0 / (60.0 + hit["rank"])
+    merged = run["results"]
+    assert [h["path"] for h in merged] == sorted(fused, key=lambda p: -fused[p])[:10]
+    assert np.allclose([h["score"] for h in merged], [fused[h["path"]] for h in merged])
+
+    # the same query again: the edit comes from the cache, the same file
+    again = _query(cli, gallery_index, gallery / "img0005.jpg", path, "-k", "10")
+    steps_again = {s["name"]: s for s in _show(cli, again["id"])["steps"]}
+    assert steps_again["edit"]["origin"] == "cache" and steps_again["edit"]["outputs"]["edited_image"] == ref
+    assert [h["path"] for h in again["results"]] == [h["path"] for h in merged]
+
+    shown = cli("runs", "show", run["id"])
+    assert shown.exit_code == 0 and ref["sha256"][:12] in shown.stdout.replace("\n", "")
+
+
+def test_score_merge_is_the_weighted_sum():
+    from cirkit.components.merge import MergeParams, merge
+
+    a = [{"path": "x", "rank": 1, "score": 0.9}, {"path": "y", "rank": 2, "score": 0.5}]
+    b = [{"path": "y", "rank": 1, "score": 0.8}, {"path": "z", "rank": 2, "score": 0.2}]
+    out = merge(a, b, MergeParams(method="score", weight=0.25))
+    expected = {"x": 0.25 * 0.9 + 0.75 * 0.2, "y": 0.25 * 0.5 + 0.75 * 0.8, "z": 0.25 * 0.5 + 0.75 * 0.2}
+    assert [h["path"] for h in out] == sorted(expected, key=lambda p: -expected[p])
+    assert [h["score"] for h in out] == pytest.approx([expected[h["path"]] for h in out])
+    assert out[0]["paths"] == {"a": {"rank": 2, "score": 0.5}, "b": {"rank": 1, "score": 0.8}}
+
+
+def test_an_editing_model_that_cannot_load_is_one_line_and_the_run_is_stored(cli, tmp_path, tiny_models, gallery, gallery_index):
+    pytest.importorskip("diffusers")
+    path = _edit_pipeline(tmp_path, tiny_models, tiny_models.llm)
+    res = cli("query", "-i", gallery_index, "--image", gallery / "img0005.jpg", "-t", "make it red", "-p", path)
+    assert res.exit_code != 0
+    assert "cannot load image-editing model" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    listed = json.loads(cli("runs", "list", "--json").stdout)
+    assert listed and listed[0]["status"] == "failed"
+    (tmp_path / "wrong.yaml").write_text(path.read_text().replace("type: image_editor", "type: vlm"))
+    wrong = cli("pipelines", "validate", tmp_path / "wrong.yaml")
+    assert wrong.exit_code != 0 and "a edit_image step needs image_editor" in wrong.stderr

@@ -39,6 +39,12 @@ def _ray(spec) -> Any:
     return RayEngine(spec)
 
 
+def _diffusers(spec) -> Any:
+    from cirkit.engines.diffusers_engine import DiffusersEditor
+
+    return DiffusersEditor(spec)
+
+
 def _langchain(spec) -> Any:
     from cirkit.engines.langchain_engine import LangChainEngine
 
@@ -53,6 +59,7 @@ ENGINES: dict[str, Callable[[Any], Any]] = {
     "langchain": _langchain,
     "ray": _ray,
     "open_clip": _open_clip,
+    "diffusers": _diffusers,
 }
 CLIP_ENGINES = ("open_clip",)
 

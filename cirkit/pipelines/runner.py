@@ -21,6 +21,7 @@ from cirkit.gallery import GalleryIndex
 from cirkit.images import image_sha256, load_image
 from cirkit.pipelines.fingerprint import cache_key, step_hash
 from cirkit.pipelines.spec import Pipeline
+from cirkit.pipelines.stored_images import live_values, stored_images
 from cirkit.store import RunStore, StepRecord
 
 MAX_MODIFICATION_CHARS = 4000
@@ -96,7 +97,7 @@ def run_queries(
             for record in pre.steps:
                 tell("step", {"run_id": run_id, "step": record.name})
                 store.add_step(run_id, record)
-            ctx.update(pre.values)
+            ctx.update(live_values(pre.values))
         run_ids.append(run_id)
     failures: list[str] = []
     live = list(range(len(queries)))
@@ -140,7 +141,7 @@ def run_queries(
                     templates=[{"name": p.name, "source": p.source} for p in step.prompts],
                     prompts=result.prompts,
                     raw=result.raw,
-                    outputs=result.outputs,
+                    outputs=stored_images(result.outputs, store.data_dir),
                     notes=result.notes,
                     seconds=share,
                     error=result.error,
@@ -153,7 +154,7 @@ def run_queries(
                 store.finish_run(run_ids[i], results=None, error=error)
                 failures.append(f"{error} (run {run_ids[i]})")
             else:
-                for name, value in record.outputs.items():
+                for name, value in live_values(record.outputs).items():
                     contexts[i][name] = value
                     contexts[i][f"{step.name}.{name}"] = value
                 still_live.append(i)

@@ -34,11 +34,13 @@ class ModelSpec(BaseModel):
                     (`id` loaded by each replica); `options.address`, `replicas`, ... (cirkit.engines.ray_engine)
     clip (engine `open_clip`): `name` + `pretrained` tag (or checkpoint path), or a local model
     config JSON as `name` + a checkpoint as `pretrained`.
+    image_editor (engine `diffusers`, an optional extra): `id` is a diffusers pipeline that edits an
+    image by a prompt (hub id or local directory); `options` go to DiffusionPipeline.from_pretrained.
     """
 
     model_config = ConfigDict(extra="forbid")
-    type: Literal["vlm", "llm", "clip"]
-    engine: Literal["transformers", "vllm", "openai", "langchain", "ray", "open_clip"] | None = None
+    type: Literal["vlm", "llm", "clip", "image_editor"]
+    engine: Literal["transformers", "vllm", "openai", "langchain", "ray", "open_clip", "diffusers"] | None = None
     id: str | None = None
     revision: str | None = None
     name: str | None = None
@@ -70,6 +72,13 @@ class ModelSpec(BaseModel):
             return self
         if self.preprocess is not None:
             raise ValueError(f"'preprocess' (clip or targetpad) is an option of clip models, not of a {self.type} model")
+        if self.type == "image_editor" or self.engine == "diffusers":
+            self.engine = self.engine or "diffusers"
+            if self.type != "image_editor" or self.engine != "diffusers":
+                raise ValueError("an image_editor model runs on engine 'diffusers', and engine 'diffusers' runs image_editor models")
+            if not self.id:
+                raise ValueError("an image_editor model needs 'id' (a diffusers pipeline: hub id or local directory)")
+            return self
         self.engine = self.engine or "transformers"
         if self.engine == "open_clip":
             raise ValueError(f"a {self.type} model runs on engine transformers, vllm, openai, langchain or ray")
@@ -87,7 +96,7 @@ class ModelSpec(BaseModel):
 
     def resolve_paths(self, base_dir: Path) -> None:
         """Make file references relative to the pipeline file absolute."""
-        local = self.engine in ("transformers", "vllm", "open_clip") or (self.engine == "ray" and not self.base_url)
+        local = self.engine in ("transformers", "vllm", "open_clip", "diffusers") or (self.engine == "ray" and not self.base_url)
         fields = ("id", "name", "pretrained") if local else ()
         for field in fields:
             value = getattr(self, field)
