@@ -1,0 +1,109 @@
+"""Gallery captioning with the toy captioner: the local engine vs `engine: ray` with 1 and 2 replicas.
+
+Runs the `toy` pipeline's caption step (what `cirkit index --captions toy` runs per chunk of the
+gallery) over N toy-world gallery images, in one process, with the same model and decoding:
+
+  local        the transformers engine in this process (all of this machine's torch threads)
+  local-1t     the same with one torch thread (what one Ray replica gets)
+  ray-1, ray-2 `engine: ray`, processor transformers, on a local Ray instance of --cpus CPUs,
+               with 1 and 2 replicas (one CPU and one torch thread each)
+
+and prints images/s and the ratio of each to `local`. The Ray overhead is split in two: per call
+(starting the replicas and loading the model: ray-1 on one image minus local-1t on one image) and
+per request (the rest of the difference, per image). Each configuration is measured --repeats times
+(median), alternating, so that load from other jobs falls on all of them.
+
+    python speed/ray_captioning.py                    # 64 images, 3 repeats
+    python speed/ray_captioning.py --images 128 --repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray instance")
+    args = parser.parse_args()
+
+    import ray
+    import torch
+
+    from cirkit.engines import ModelPool
+    from cirkit.pipelines import load_pipeline
+    from cirkit.pipelines.runner import run_step
+    from cirkit.toy.benchmark import gallery_image
+    from cirkit.toy.world import all_scenes
+
+    scenes = all_scenes()
+    images = [gallery_image(scenes[i % len(scenes)]) for i in range(args.images)]
+    local = load_pipeline("toy")
+    step = next(s for s in local.steps if s.kind == "caption")
+    base = local.model_for(step).model_dump()
+
+    def entry(replicas: int):
+        spec = dict(base, engine="ray", options={"processor": "transformers", "replicas": replicas, "num_cpus": 1})
+        return load_pipeline("toy", model_overrides={step.spec.model: spec})
+
+    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    threads = torch.get_num_threads()
+    configs = {"local": (local, threads), "local-1t": (local, 1), "ray-1": (entry(1), threads), "ray-2": (entry(2), threads)}
+    pool = ModelPool()
+
+    def caption(name: str, count: int) -> tuple[float, list[str]]:
+        pipeline, torch_threads = configs[name]
+        spec = pipeline.model_for(step)
+        pool.get(spec)  # loaded (local) or connected (ray) before the clock starts
+        torch.set_num_threads(torch_threads)
+        start = time.perf_counter()
+        _, results = run_step(step, step.params, spec, pool, [{"image": im} for im in images[:count]])
+        took = time.perf_counter() - start
+        torch.set_num_threads(threads)
+        errors = [r.error for r in results if r.error]
+        if errors:
+            raise SystemExit(f"{name}: {errors[0]}")
+        return took, [r.outputs["caption"] for r in results]
+
+    try:
+        caption("local", 2)  # warm up
+        times: dict[str, list[float]] = {name: [] for name in configs}
+        single: dict[str, list[float]] = {"local-1t": [], "ray-1": []}
+        captions = {}
+        for _ in range(args.repeats):
+            for name in configs:
+                took, captions[name] = caption(name, args.images)
+                times[name].append(took)
+            for name in single:
+                single[name].append(caption(name, 1)[0])
+    finally:
+        ray.shutdown()
+
+    same = all(captions[name] == captions["local"] for name in configs)
+    median = {name: statistics.median(values) for name, values in times.items()}
+    print(f"{args.images} toy gallery images, caption step of the toy pipeline (max_new_tokens "
+          f"{step.params.max_new_tokens}), median of {args.repeats}; torch threads here: {threads}; "
+          f"Ray: {args.cpus} CPUs, one per replica; load average {os.getloadavg()[0]:.1f}")
+    for name, took in median.items():
+        print(f"  {name:9s} {took:7.2f} s  {args.images / took:7.1f} images/s  ratio to local {median['local'] / took:5.2f}")
+    per_call = statistics.median(single["ray-1"]) - statistics.median(single["local-1t"])
+    per_request = (median["ray-1"] - median["local-1t"] - per_call) / max(1, args.images - 1)
+    print(f"  Ray overhead: {per_call:.2f} s per call (replica start + model load), "
+          f"{per_request * 1000:.1f} ms per request beyond that")
+    print(f"  same captions as local: {'yes' if same else 'NO'}")
+
+
+if __name__ == "__main__":
+    main()
