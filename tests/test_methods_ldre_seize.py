@@ -4,6 +4,8 @@ with plain numpy (mean of raw CLIP features; LDRE's adaptive weights; SEIZE's ed
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -129,3 +131,28 @@ def test_bad_settings_are_one_line(tmp_path, pipeline, old, new, message):
     with pytest.raises(CirkitError) as err:
         load_pipeline(tmp_path / "p.yaml")
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_ldre_pdv_moves_the_captions_mean_along_the_ldre_query(tiny_models, gallery, gallery_index, tmp_path):
+    from cirkit.api import query
+
+    run = query(gallery / "img0011.jpg", "make it round", gallery_index, pipeline="ldre-pdv", k=30,
+                data_dir=tmp_path / "data", model_overrides=overrides(tiny_models))
+    t = unit(vectors(run, "embed").mean(axis=0))  # LDRE's query (mean mode outside a benchmark)
+    np.testing.assert_allclose(vectors(run, "ensemble")[0], t, atol=1e-5)
+    c = unit(vectors(run, "embed_captions").mean(axis=0))
+    i = vectors(run, "embed_image")[0]
+    d = t - c
+    q = unit(0.25 * unit(i + 1.4 * d) + 0.75 * unit(c + 1.2 * d))
+    np.testing.assert_allclose(vectors(run, "pdv")[0], q, atol=1e-5)
+    index = GalleryIndex.open(gallery_index)
+    ranked(index, np.asarray(index.vectors, dtype=np.float64) @ q, run["results"])
+
+
+@pytest.mark.parametrize("pipeline", ["cirevl-pdv", "ldre", "ldre-pdv", "seize"])
+def test_methods_run_from_the_command_line_on_tiny_models(tiny_models, gallery, gallery_index, cli, pipeline):
+    flags = [f"--model={name}={json.dumps(entry)}" for name, entry in overrides(tiny_models).items()]
+    result = cli("query", "--pipeline", pipeline, "--index", gallery_index, "--image", gallery / "img0001.jpg",
+                 "--text", "make it red", "-k", "3", *flags)
+    assert result.exit_code == 0, result.stderr
+    assert "img0" in result.stdout
