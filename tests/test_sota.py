@@ -334,3 +334,50 @@ def test_an_editing_model_that_cannot_load_is_one_line_and_the_run_is_stored(cli
     (tmp_path / "wrong.yaml").write_text(path.read_text().replace("type: image_editor", "type: vlm"))
     wrong = cli("pipelines", "validate", tmp_path / "wrong.yaml")
     assert wrong.exit_code != 0 and "a edit_image step needs image_editor" in wrong.stderr
+
+
+# --- square: the grid rerank ------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "answer, count, expected",
+    [
+        ("3, 1, 2", 9, [2, 0, 1]),
+        ("Best: cell 7, then 7 again, then 10 and 2.5 and 4.", 9, [6, 3]),
+        ("[9] > [1]", 9, [8, 0]),
+        ("none of them", 9, []),
+        ("0, 12", 9, []),
+    ],
+)
+def test_grid_answers_are_read_as_cell_numbers(answer, count, expected):
+    from cirkit.components.grid import parse_cells
+
+    assert parse_cells(answer, count) == expected
+
+
+def test_square_judges_one_grid_per_query_and_keeps_the_order_when_no_cell_is_named(
+    cli, tmp_path, tiny_models, gallery, gallery_index, engine_calls_counter
+):
+    from cirkit.images import load_image
+
+    pipeline = _small(tmp_path, "square", **{"max_new_tokens: 512": "max_new_tokens: 6", "cell: 224, max_new_tokens: 64": "cell: 32, max_new_tokens: 6"})
+    models = _models(tiny_models, mllm=tiny_models.qwen2vl)
+    run = _query(cli, gallery_index, gallery / "img0002.jpg", pipeline, *models, "-k", "20")
+    steps = {s["name"]: s for s in _show(cli, run["id"])["steps"]}
+    grid = steps["grid"]
+    assert grid["prompts"][0]["images"] == ["reference", "grid of 9"]
+    assert "a grid of 9 candidate images" in grid["prompts"][0]["messages"][-1]["content"]
+    assert load_image(grid["outputs"]["grid"]["image_file"]).size == (96, 96)
+    # the tiny model writes words, no cell numbers: the retrieval order stays, and the notes say why
+    assert any("names no cell 1..9" in n and "kept the retrieval order" in n for n in grid["notes"])
+    search = steps["search"]["outputs"]["results"]
+    assert [h["path"] for h in run["results"]] == [h["path"] for h in search[: len(run["results"])]]
+    assert [v["cell"] for v in grid["outputs"]["verdicts"]] == list(range(1, 10))
+    # one MLLM call for the reasoning and one for the grid
+    assert engine_calls_counter == [(str(tiny_models.qwen2vl), 1), (str(tiny_models.qwen2vl), 1)]
+
+    strict = _small(tmp_path, "square", **{"max_new_tokens: 512": "max_new_tokens: 6", "cell: 224, max_new_tokens: 64": "cell: 32, max_new_tokens: 6, fallback: error"})
+    res = cli("query", "-i", gallery_index, "--image", gallery / "img0002.jpg", "-t", "make it red", "-p", strict, *models)
+    assert res.exit_code != 0
+    assert "names no cell 1..9" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    failed = _show(cli, json.loads(cli("runs", "list", "--json").stdout)[0]["id"])
+    assert failed["status"] == "failed" and [s["status"] for s in failed["steps"]] == ["ok"] * 5 + ["failed"]
