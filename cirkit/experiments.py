@@ -20,6 +20,7 @@ from cirkit.benchmarks.evaluation import GROUP_KEYS
 from cirkit.benchmarks.metrics import average_over
 from cirkit.benchmarks.registry import family
 from cirkit.console import progress_bar, stderr
+from cirkit.costs import add_totals, token_totals
 from cirkit.engines import ModelPool
 from cirkit.errors import CirkitError, ImageError
 from cirkit.gallery import GalleryIndex, build_index
@@ -38,6 +39,7 @@ class Experiment:
     metrics: dict[str, Any]
     failed_runs: int
     submission: list[Path]
+    tokens: dict[str, Any] | None = None  # cirkit.costs.token_totals over every run's steps
 
 
 @dataclass
@@ -64,6 +66,11 @@ class SweepRow:
     metrics: dict[str, Any]  # the mean over the repeats
     sd: dict[str, float]  # the sample standard deviation over the repeats (0 for one)
     failed_runs: int
+
+    @property
+    def tokens(self) -> dict[str, Any]:
+        """Token totals over the setting's repeats."""
+        return add_totals([e.tokens for e in self.experiments])
 
 
 @dataclass
@@ -210,9 +217,10 @@ def _evaluate(p: Prepared, spec, store: RunStore, *, batch_size: int, use_cache:
         if progress:
             stderr.print(f"{benchmark.title}: {min(start + batch_size, len(runnable))}/{len(runnable)} queries")
 
-    rankings, failed = {}, 0
+    rankings, failed, steps = {}, 0, []
     for query, (qid, run_id) in zip(runnable, runs):
         run = store.get(run_id)
+        steps.extend(run.steps)
         if run.status != "ok":
             failed += 1
             continue
@@ -236,7 +244,7 @@ def _evaluate(p: Prepared, spec, store: RunStore, *, batch_size: int, use_cache:
         index_dir=str(p.index_dir.resolve()), metrics=metrics, runs=target_ranks,
         sweep_id=sweep_id, setting=setting, repeat=repeat,
     )
-    return Experiment(exp_id, metrics, failed, submission)
+    return Experiment(exp_id, metrics, failed, submission, token_totals(steps))
 
 
 def failures(store: RunStore, exp_id: str, k: int = 10, limit: int | None = None) -> list[dict[str, Any]]:

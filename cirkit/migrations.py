@@ -132,6 +132,13 @@ def m003_sweeps(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX experiments_sweep ON experiments(sweep_id)")
 
 
+@migration
+def m004_step_tokens(db: sqlite3.Connection) -> None:
+    """steps.tokens: JSON {"input": n, "output": n}, the query's share of the tokens its step's model
+    calls read and wrote; NULL where none were counted, and for older steps."""
+    db.execute("ALTER TABLE steps ADD COLUMN tokens TEXT")
+
+
 def latest_version() -> int:
     return len(MIGRATIONS)
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from cirkit.costs import token_totals
 from cirkit.errors import CirkitError, one_line
 from cirkit.migrations import check_version, migrate
 
@@ -45,6 +46,9 @@ class StepRecord:
     seconds: float
     error: str | None
     origin: str = "ran"
+    # {"input": n, "output": n}: this query's share of the tokens the step's model calls read and wrote
+    # (kept with a cached output, whose origin says it was not spent again); None: no model call counted
+    tokens: dict[str, int] | None = None
 
     @classmethod
     def from_cache(cls, data: dict[str, Any], *, position: int, name: str) -> StepRecord:
@@ -89,6 +93,7 @@ class RunRecord:
             "parent_id": self.parent_id,
             "change": self.change,
             "overrides": self.overrides,
+            "tokens": token_totals(self.steps),
         }
         if with_pipeline_text:
             data["pipeline"]["text"] = self.pipeline_text
@@ -167,6 +172,7 @@ class RunStore:
             "seconds": step.seconds,
             "error": step.error,
             "origin": step.origin,
+            "tokens": _dumps(step.tokens) if step.tokens else None,
         })
 
     def cache_get(self, key: str) -> dict[str, Any] | None:
@@ -210,6 +216,7 @@ class RunStore:
                 seconds=s["seconds"],
                 error=s["error"],
                 origin=s["origin"],
+                tokens=json.loads(s["tokens"]) if s["tokens"] else None,
             )
             for s in self.db.execute("SELECT * FROM steps WHERE run_id=? ORDER BY position", (run_id,))
         ]

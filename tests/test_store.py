@@ -63,7 +63,7 @@ def test_a_0_1_store_upgrades_in_place_and_keeps_everything(store_0_1):
     store = RunStore(store_0_1)
     assert _version(store.path) == latest_version() == len(migrations.MIGRATIONS) >= 2
     after = _rows(store.path)
-    added = {"runs": {"overrides"}, "experiments": {"sweep_id", "setting", "repeat"}}
+    added = {"runs": {"overrides"}, "experiments": {"sweep_id", "setting", "repeat"}, "steps": {"tokens"}}
     for table in TABLES:  # every row and value kept; the columns added since are empty
         extra = [{k: v for k, v in row.items() if k not in before[table][0]} for row in after[table]]
         assert [{k: row[k] for k in before[table][0]} for row in after[table]] == before[table], table

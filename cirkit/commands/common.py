@@ -25,6 +25,10 @@ PromptSwaps = Annotated[
 ]
 NoCache = Annotated[bool, typer.Option("--no-cache", help="Run every step again, even where the cache has its output.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+Prices = Annotated[
+    Optional[Path],
+    typer.Option("--prices", help="A YAML price table {model id: {input: PRICE, output: PRICE}} per 1M tokens: show costs."),
+]
 ModelOverrides = Annotated[
     Optional[list[str]],
     typer.Option(

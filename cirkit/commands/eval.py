@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cirkit.commands.common import AsJson, ModelOverrides, NoCache, PipelineRef, open_store
+from cirkit.commands.common import AsJson, ModelOverrides, NoCache, PipelineRef, Prices, open_store
 from cirkit.console import stdout
 from cirkit.errors import CirkitError
 
@@ -40,18 +40,21 @@ def eval_run(
     as_json: AsJson = False,
     model: ModelOverrides = None,
     repeats: Repeats = 1,
+    prices: Prices = None,
 ) -> None:
     """Run a pipeline over a benchmark split in batches and score it with the official protocol."""
     from cirkit.commands.common import parse_model_overrides
+    from cirkit.costs import load_prices
     from cirkit.experiments import run_experiment, run_group, run_sweep
 
+    price_table = load_prices(prices)
     if repeats > 1:
         if bench == "fashioniq" or (bench == "genecis" and split == "all"):
             raise CirkitError(f"--repeats runs one benchmark split: give one member of {bench} (e.g. fashioniq-dress, genecis --split focus_object)")
         sweep = run_sweep(bench, data, split, pipeline=pipeline, store=open_store(ctx), grid=None, repeats=repeats,
                           index_dir=index, limit=limit, batch_size=batch_size, use_cache=not no_cache, progress=not as_json,
                           model_overrides=parse_model_overrides(model))
-        _print_sweep(sweep, as_json, f"{bench} {split}")
+        _print_sweep(sweep, as_json, f"{bench} {split}", price_table)
         return
 
     options = dict(
@@ -63,19 +66,23 @@ def eval_run(
             raise CirkitError(f"--index names one gallery; {bench} --split {split} runs several: leave it out")
         done, average = run_group(bench, data, split, **options)
         if as_json:
-            print(json.dumps({"experiments": {key: {"experiment": exp.id, "metrics": exp.metrics, "failed_runs": exp.failed_runs}
+            print(json.dumps({"experiments": {key: {"experiment": exp.id, "metrics": exp.metrics, "failed_runs": exp.failed_runs,
+                                                    **_token_fields(exp.tokens, price_table)}
                                               for key, exp in done}, "average": average}))
             return
         for key, exp in done:
             _metrics_table(exp.metrics, f"{bench} {key} (experiment {exp.id})")
+            _print_tokens(exp.tokens, price_table)
         if average:
             _metrics_table(average, f"{bench} {split}: average over {len(done)}")
         return
     exp = run_experiment(bench, data, split, **options)
     if as_json:
-        print(json.dumps({"experiment": exp.id, "metrics": exp.metrics, "failed_runs": exp.failed_runs, "submission": [str(p) for p in exp.submission]}))
+        print(json.dumps({"experiment": exp.id, "metrics": exp.metrics, "failed_runs": exp.failed_runs,
+                          "submission": [str(p) for p in exp.submission], **_token_fields(exp.tokens, price_table)}))
         return
     _metrics_table(exp.metrics, f"{bench} {split} (experiment {exp.id})")
+    _print_tokens(exp.tokens, price_table)
     for path in exp.submission:
         stdout.print(f"submission file: {path}")
     stdout.print(f"failures: cirkit runs failures {exp.id}")
@@ -101,9 +108,13 @@ def eval_sweep(
     as_json: AsJson = False,
     model: ModelOverrides = None,
     repeats: Repeats = 1,
+    prices: Prices = None,
 ) -> None:
     """Evaluate every setting of a parameter grid: shared steps run once, one experiment per setting, the best marked."""
+    from cirkit.costs import load_prices
     from cirkit.experiments import run_sweep
+
+    price_table = load_prices(prices)
     from cirkit.commands.common import parse_model_overrides
 
     if bench == "fashioniq" or (bench == "genecis" and split == "all"):
@@ -111,16 +122,34 @@ def eval_sweep(
     sweep = run_sweep(bench, data, split, pipeline=pipeline, store=open_store(ctx), grid=grid or [], repeats=repeats,
                       metric=metric, index_dir=index, limit=limit, batch_size=batch_size, use_cache=not no_cache,
                       progress=not as_json, model_overrides=parse_model_overrides(model))
-    _print_sweep(sweep, as_json, f"{bench} {split}")
+    _print_sweep(sweep, as_json, f"{bench} {split}", price_table)
 
 
-def _print_sweep(sweep, as_json: bool, title: str) -> None:
+def _token_fields(tokens: dict | None, prices: dict) -> dict:
+    """The JSON fields of an experiment's tokens (and cost, with a price table)."""
+    from cirkit.costs import cost
+
+    if not tokens:
+        return {}
+    return {"tokens": tokens, **({"cost": cost(tokens, prices)} if prices else {})}
+
+
+def _print_tokens(tokens: dict | None, prices: dict) -> None:
+    from cirkit.costs import cost, describe
+
+    if tokens and any(tokens.get(k) for k in ("spent_input", "spent_output", "cached_input", "cached_output")):
+        stdout.print(describe(tokens, cost(tokens, prices)))
+
+
+def _print_sweep(sweep, as_json: bool, title: str, prices: dict | None = None) -> None:
+    prices = prices or {}
     if as_json:
         print(json.dumps({
             "sweep": sweep.id, "repeats": sweep.repeats, "metric": sweep.metric,
             "grid": [{"step": a.step, "param": a.param, "values": a.values} for a in sweep.axes],
             "settings": [{"setting": row.setting.values, "experiments": [e.id for e in row.experiments], "metrics": row.metrics,
-                          "sd": row.sd, "failed_runs": row.failed_runs, "best": i == sweep.best} for i, row in enumerate(sweep.rows)],
+                          "sd": row.sd, "failed_runs": row.failed_runs, "best": i == sweep.best,
+                          **_token_fields(row.tokens, prices)} for i, row in enumerate(sweep.rows)],
             "best": sweep.rows[sweep.best].setting.values if sweep.best is not None else None,
         }))
         return
@@ -142,6 +171,9 @@ def _print_sweep(sweep, as_json: bool, title: str) -> None:
     if sweep.best is not None and ranked:
         row = sweep.rows[sweep.best]
         stdout.print(f"best: {escape(row.setting.label)} ({sweep.metric} {_fmt(row.metrics[sweep.metric])})")
+    from cirkit.costs import add_totals
+
+    _print_tokens(add_totals([row.tokens for row in sweep.rows]), prices)
     ids = [e.id for row in sweep.rows for e in row.experiments]
     stdout.print(f"experiments: {', '.join(ids[:4])}{', ...' if len(ids) > 4 else ''} (cirkit eval list; cirkit eval compare A B)")
 

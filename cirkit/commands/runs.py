@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from cirkit.commands.common import ModelOverrides, NoCache, PromptSwaps, open_store, parse_prompt_swaps, print_results, summarize
+from cirkit.commands.common import ModelOverrides, NoCache, Prices, PromptSwaps, open_store, parse_prompt_swaps, print_results, summarize
 from cirkit.console import stderr, stdout
 from cirkit.errors import CirkitError, one_line
 
@@ -48,11 +48,19 @@ def runs_show(
     run_id: Annotated[str, typer.Argument(help="Run id (a unique prefix is enough).")],
     as_json: Annotated[bool, typer.Option("--json", help="Everything, as JSON (vectors included).")] = False,
     k: Annotated[int, typer.Option("-k", min=1, help="How many results to show.")] = 10,
+    prices: Prices = None,
 ) -> None:
-    """Every intermediate of a run: rendered prompts, raw answers, parsed outputs, models, timings."""
+    """Every intermediate of a run: rendered prompts, raw answers, parsed outputs, models, timings, tokens."""
+    from cirkit.costs import cost, describe, load_prices, token_totals
+
+    price_table = load_prices(prices)
     run = open_store(ctx).get(run_id)
+    totals = token_totals(run.steps)
     if as_json:
-        stdout.print_json(data=run.to_dict(with_pipeline_text=True))
+        data = run.to_dict(with_pipeline_text=True)
+        if price_table:
+            data["cost"] = cost(totals, price_table)
+        stdout.print_json(data=data)
         return
     stdout.print(
         Panel(
@@ -96,9 +104,13 @@ def runs_show(
             lines.append(f"[red]error: {escape(step.error)}[/red]")
         origin = {"cache": " from cache", "copied": " copied from parent", "edited": " EDITED BY HAND"}.get(step.origin, "")
         title = f"{step.position + 1}. {step.name} ({step.kind}) {step.status}{origin} {step.seconds:.2f}s"
+        if step.tokens:
+            title += f", {step.tokens['input']} + {step.tokens['output']} tokens"
         stdout.print(Panel("\n".join(lines), title=title, title_align="left"))
     if run.results:
         print_results(run.results[:k])
+    if any(step.tokens for step in run.steps):
+        stdout.print(describe(totals, cost(totals, price_table)))
 
 
 def _render_prompt(prompt: Any) -> str:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +69,66 @@ class Generation:
     # log-probability of each asked-for word as the answer's first token (engines that see only the top
     # alternatives give those, by lower-cased token: a word may be missing); None where the engine gives none
     logprobs: dict[str, float] | None = None
+    # tokens the model read and wrote for this generation, so that a call's generations add up to the
+    # call's (a prompt read once for n generations counts with the first); None where the engine cannot tell
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+@dataclass
+class TokenUsage:
+    """Tokens read and written by the model calls made inside `metered()`."""
+
+    input: int = 0
+    output: int = 0
+    calls: int = 0  # requests answered
+    unknown: int = 0  # requests whose engine gave no token counts
+
+    def shares(self, parts: int) -> list[dict[str, int] | None]:
+        """The usage split into `parts` near-equal integer shares that add up to it (a batch's queries'
+        shares, as for time); None each where no call was metered or no engine gave counts."""
+        if parts <= 0:
+            return []
+        if self.calls == 0 or self.unknown == self.calls:
+            return [None] * parts
+        (a, ra), (b, rb) = divmod(self.input, parts), divmod(self.output, parts)
+        return [{"input": a + (i < ra), "output": b + (i < rb)} for i in range(parts)]
+
+
+_meters: ContextVar[tuple[TokenUsage, ...]] = ContextVar("cirkit_token_meters", default=())
+
+
+@contextmanager
+def metered() -> Iterator[TokenUsage]:
+    """Count the tokens of every engine call made in this context (and in contexts nested in it)."""
+    usage = TokenUsage()
+    token = _meters.set((*_meters.get(), usage))
+    try:
+        yield usage
+    finally:
+        _meters.reset(token)
+
+
+def count_tokens(results: Sequence[Sequence[Generation] | None]) -> None:
+    """Add one generate call's results (per request, its generations) to the open meters. Engines
+    call this from the thread that called generate."""
+    meters = _meters.get()
+    if not meters:
+        return
+    used = TokenUsage()
+    for generations in results:
+        if not generations:
+            continue
+        used.calls += 1
+        if all(g.input_tokens is None and g.output_tokens is None for g in generations):
+            used.unknown += 1
+        used.input += sum(g.input_tokens or 0 for g in generations)
+        used.output += sum(g.output_tokens or 0 for g in generations)
+    for meter in meters:
+        meter.input += used.input
+        meter.output += used.output
+        meter.calls += used.calls
+        meter.unknown += used.unknown
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:

@@ -56,7 +56,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
-from cirkit.engines.base import Engine, Generation, GenerationParams, GenerationRequest, cut_at_stop, with_image_parts
+from cirkit.engines.base import Engine, Generation, GenerationParams, GenerationRequest, count_tokens, cut_at_stop, with_image_parts
 from cirkit.errors import CirkitError, PartialGenerationError, one_line
 
 RETRY_STATUS = {408, 409, 425, 429}  # plus every 5xx
@@ -185,13 +185,16 @@ class OpenAIEngine(Engine):
         bodies = [self._body(r, params, logprobs_of) for r in requests]
         results: list[list[Generation] | None] = [None] * len(requests)
         first = 0
-        if params.n > 1 and self._n_native is None:
-            # Learn on the first request whether the server honours `n`, then send the rest.
-            results[0] = self._sample(bodies[0], params, threading.Event())
-            first = 1
-            if on_batch:
-                on_batch(1)
-        self._run_all(bodies, params, results, first, on_batch)
+        try:
+            if params.n > 1 and self._n_native is None:
+                # Learn on the first request whether the server honours `n`, then send the rest.
+                results[0] = self._sample(bodies[0], params, threading.Event())
+                first = 1
+                if on_batch:
+                    on_batch(1)
+            self._run_all(bodies, params, results, first, on_batch)
+        finally:
+            count_tokens(results)  # what the answered requests used, even when others failed
         return results  # type: ignore[return-value]
 
     # ----- requests -----
@@ -357,9 +360,25 @@ class OpenAIEngine(Engine):
             raise CirkitError(
                 f"the server at {self.base_url} answered garbage (not a chat completion): {one_line(text[:120])}"
             ) from None
+        _add_usage(generations, data.get("usage"))
         if isinstance(data.get("model"), str):
             self.served_model = data["model"]
         return generations
+
+
+def _add_usage(generations: list[Generation], usage: Any) -> None:
+    """The response's `usage` on its choices: the prompt with the first, the completion tokens shared
+    out (the API counts them for all choices together)."""
+    if not isinstance(usage, dict):
+        return
+    read, written = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if isinstance(read, int):
+        for i, gen in enumerate(generations):
+            gen.input_tokens = read if i == 0 else 0
+    if isinstance(written, int):
+        share, extra = divmod(written, len(generations))
+        for i, gen in enumerate(generations):
+            gen.output_tokens = share + (1 if i < extra else 0)
 
 
 def _reason(exc: BaseException) -> str:

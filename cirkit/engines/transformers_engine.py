@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cirkit.engines.base import Engine, Generation, GenerationParams, GenerationRequest, cut_at_stop
+from cirkit.engines.base import Engine, Generation, GenerationParams, GenerationRequest, count_tokens, cut_at_stop
 from cirkit.errors import CirkitError, one_line
 
 
@@ -88,6 +88,7 @@ class TransformersEngine(Engine):
             outputs = self._generate_batch([requests[i] for i in chunk], params, logprobs_of)
             for i, out in zip(chunk, outputs):
                 results[i] = out
+            count_tokens(outputs)
             if on_batch:
                 on_batch(len(chunk))
         return results  # type: ignore[return-value]
@@ -162,6 +163,8 @@ class TransformersEngine(Engine):
         if logprobs_of:
             first_logprobs = torch.log_softmax(out.logits[0].float(), dim=-1)
             out = out.sequences
+        mask = inputs.get("attention_mask")
+        read = mask.sum(dim=1).tolist() if mask is not None else [inputs["input_ids"].shape[1]] * len(requests)
         prompt_ids = inputs["input_ids"].repeat_interleave(params.n, dim=0)
         # Decoder-only models return prompt + answer; encoder-decoder ones the answer alone.
         if out.shape[1] >= prompt_ids.shape[1] and torch.equal(out[:, : prompt_ids.shape[1]], prompt_ids):
@@ -171,10 +174,11 @@ class TransformersEngine(Engine):
         for r, row in enumerate(out.tolist()):
             end = next((i for i, t in enumerate(row) if t in eos_ids), None)
             if end is not None:
-                tokens, reason = row[:end], "stop"
+                tokens, reason, written = row[:end], "stop", end + 1
             else:
                 tokens = [t for t in row if t != self.tokenizer.pad_token_id]
                 reason = "length" if len(row) >= params.max_new_tokens else "stop"
+                written = len(tokens)
             text, cut = cut_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), params.stop)
             if cut:
                 reason = "stop"
@@ -184,7 +188,8 @@ class TransformersEngine(Engine):
                 logprobs = {
                     word: float(torch.logsumexp(first_logprobs[r, self._first_tokens(word)], dim=0)) for word in logprobs_of
                 }
-            generations.append(Generation(text=text, finish_reason=reason, logprobs=logprobs))
+            generations.append(Generation(text=text, finish_reason=reason, logprobs=logprobs,
+                                          input_tokens=int(read[r // params.n]) if r % params.n == 0 else 0, output_tokens=written))
         return [generations[i : i + params.n] for i in range(0, len(generations), params.n)]
 
     def _first_tokens(self, word: str) -> list[int]:

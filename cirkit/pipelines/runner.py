@@ -16,6 +16,7 @@ from typing import Any, Callable
 from cirkit.components import ItemResult
 from cirkit.console import stderr
 from cirkit.engines import ModelPool
+from cirkit.engines.base import metered
 from cirkit.errors import CirkitError, ImageError, one_line
 from cirkit.gallery import GalleryIndex
 from cirkit.images import image_sha256, load_image
@@ -117,13 +118,15 @@ def run_queries(
         results: dict[int, ItemResult] = {}
         model_info = None
         share = 0.0
+        tokens: dict[int, dict[str, int] | None] = {}
         if misses:
             start = time.perf_counter()
             label = f"{step.name}: {step.kind} x {len(misses)}"
-            with stderr.status(label, spinner="dots") if progress else nullcontext():
+            with stderr.status(label, spinner="dots") if progress else nullcontext(), metered() as usage:
                 model_info, answers = run_step(step, params, pipeline.model_for(step), models, [items[i] for i in misses], index)
                 results = dict(zip(misses, answers))
             share = (time.perf_counter() - start) / len(misses)
+            tokens = dict(zip(misses, usage.shares(len(misses))))
         still_live = [i for i in live if i not in todo]
         for i in todo:
             tell("step", {"run_id": run_ids[i], "step": step.name})
@@ -145,6 +148,7 @@ def run_queries(
                     notes=result.notes,
                     seconds=share,
                     error=result.error,
+                    tokens=tokens.get(i),
                 )
                 if keys and not result.error:
                     store.cache_put(keys[i], record)
