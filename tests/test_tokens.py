@@ -121,3 +121,23 @@ def test_a_bad_price_table_is_one_line_before_anything_runs(cli, world, tmp_path
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], res.stderr
     assert engine_calls_counter == [] and not (tmp_path / "idx").exists()
+
+
+def test_the_vllm_engine_reads_token_ids_of_its_outputs():
+    """vLLM's RequestOutput (prompt_token_ids, and token_ids per completion), here without a GPU."""
+    from types import SimpleNamespace
+
+    from cirkit.engines.vllm_engine import VllmEngine
+
+    class FakeLLM:
+        def chat(self, conversations, sampling, use_tqdm=False):
+            return [SimpleNamespace(prompt_token_ids=list(range(4 + i)), outputs=[
+                SimpleNamespace(index=j, text=f"answer {j}", finish_reason="stop", token_ids=[7] * (2 + j), logprobs=None)
+                for j in range(sampling["n"])]) for i, _ in enumerate(conversations)]
+
+    engine = VllmEngine.__new__(VllmEngine)
+    engine.llm, engine._sampling_params, engine.model_id = FakeLLM(), (lambda **kw: kw), "fake"
+    with metered() as usage:
+        out = engine.generate([GenerationRequest(_user("a")), GenerationRequest(_user("b"))], GenerationParams(temperature=1.0, n=2))
+    assert [[(g.input_tokens, g.output_tokens) for g in gens] for gens in out] == [[(4, 2), (0, 3)], [(5, 2), (0, 3)]]
+    assert (usage.input, usage.output) == (9, 10)

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cirkit.engines.base import Engine, Generation, GenerationParams, GenerationRequest, cut_at_stop, with_image_parts
+from cirkit.engines.base import Engine, Generation, GenerationParams, GenerationRequest, count_tokens, cut_at_stop, with_image_parts
 from cirkit.engines.openai_engine import TOP_LOGPROBS, first_token_logprobs
 from cirkit.errors import CirkitError, one_line
 
@@ -86,8 +86,15 @@ class VllmEngine(Engine):
                 outputs = self.llm.chat([conversation(r) for r in chunk], sampling, use_tqdm=False)
             except ValueError as exc:  # prompt too long, bad image, ...
                 raise CirkitError(f"vllm ({self.model_id}): {one_line(exc)}") from None
+            done = []
             for out in outputs:
-                results.append([_generation(c, params, logprobs_of) for c in sorted(out.outputs, key=lambda c: c.index)])
+                generations = [_generation(c, params, logprobs_of) for c in sorted(out.outputs, key=lambda c: c.index)]
+                prompt = getattr(out, "prompt_token_ids", None)
+                for i, gen in enumerate(generations):
+                    gen.input_tokens = (len(prompt) if i == 0 else 0) if prompt is not None else None
+                done.append(generations)
+            count_tokens(done)
+            results.extend(done)
             if on_batch:
                 on_batch(len(chunk))
         return results
@@ -99,6 +106,7 @@ def _generation(completion: Any, params: GenerationParams, logprobs_of: Sequence
         text=text.strip(),
         finish_reason="length" if completion.finish_reason == "length" and not cut else "stop",
         logprobs=_first_token_logprobs(completion) if logprobs_of else None,
+        output_tokens=len(completion.token_ids) if getattr(completion, "token_ids", None) is not None else None,
     )
 
 
