@@ -93,8 +93,8 @@ def test_a_bad_entry_is_refused_in_one_line_before_anything_runs(options, messag
         ray_spec(id="some/model", options=options)
 
 
-def test_a_bad_entry_on_the_command_line_exits_with_one_line(cli, tmp_path):
-    res = cli("eval", "cirr", "--data", tmp_path, "--split", "val", "-p", "toy",
+def test_a_bad_entry_on_the_command_line_exits_with_one_line(cli, toy_world):
+    res = cli("eval", "cirr", "--data", toy_world, "--split", "val", "-p", "toy",
               "--model", "llm={type: llm, engine: ray, id: x, options: {processor: grpc}}")
     assert res.exit_code != 0
     lines = [line for line in res.stderr.splitlines() if line.strip()]

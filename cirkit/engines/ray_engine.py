@@ -151,6 +151,7 @@ def ray_options(spec) -> RayOptions:
 
 # The Ray connection of this process, shared by every ray-engine model: (address asked for, started here)
 _session: dict[str, Any] = {}
+_unreachable: dict[str, str] = {}  # address -> why it could not be joined, in this process
 
 
 class RayEngine(Engine):
@@ -175,15 +176,20 @@ class RayEngine(Engine):
     def _connect(self) -> None:
         """Join the cluster (or start a local instance) once per process; fail in seconds on a dead address."""
         ray = self.ray
-        if ray.is_initialized():
-            asked = _session.get("address")
-            if self.address and "address" in _session and asked != self.address:
-                raise CirkitError(f"this process is connected to Ray at {asked or 'a local instance'}, "
-                                  f"not {self.address}: every ray-engine model of a run uses the same cluster")
+        if ray.is_initialized() and "address" in _session:
+            asked = _session["address"]
+            if self.address and asked != self.address:
+                raise CirkitError(f"this process is already connected to Ray{f' at {asked}' if asked else ''}, not "
+                                  f"{self.address}: every ray-engine model of a run uses the same cluster")
             return
-        if self.address and self.address != "auto":
-            check_address(self.address, FLAG)
-        started = connect(ray, self.address, FLAG)
+        failed = _unreachable.get(self.address or "")
+        if failed:
+            raise CirkitError(failed)  # said once already: the following batches fail at once
+        try:
+            started = connect(ray, self.address, FLAG)
+        except CirkitError as exc:
+            _unreachable[self.address or ""] = str(exc)
+            raise
         _session.update(address=self.address, started=started)
 
     def close(self) -> None:
