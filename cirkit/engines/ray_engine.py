@@ -39,7 +39,7 @@ chat have none): use num_beams: 1.
 
 Each batch starts its replicas anew (the model is loaded once per batch): give steps large
 batches (`--batch-size` of `cirkit eval`, the caption step's `batch_size` for gallery captioning).
-Images travel inside the rows (PNG); model files must be at the same paths on every node.
+Images travel inside the rows (pixels; PNG data URIs for vllm); model files must be at the same paths on every node.
 """
 
 from __future__ import annotations
