@@ -338,3 +338,24 @@ def test_vllm_processor_matches_the_in_process_vllm_engine(ray_instance, tiny_mo
     local = load_model(ModelSpec(type="llm", engine="vllm", id=str(tiny_models.llm), options={"max_model_len": 256}))
     assert [[g.text for g in r] for r in engine.generate(requests, params)] == \
         [[g.text for g in r] for r in local.generate(requests, params)]
+
+
+# ------------------------------------------------------------------ rerank judging
+
+
+def test_rerank_judging_on_ray_equals_the_local_one(ray_instance, tiny_models, tiny_judge, gallery, gallery_index, tmp_path):
+    """The judge's yes/no log-probabilities (two images per request) come back through the rows as they are."""
+    from cirkit.api import query_many
+    from cirkit.pipelines.runner import Query
+    from test_rerank import _rerank_pipeline
+
+    queries = [Query(gallery / "img0007.jpg", "make it darker", "q1"), Query(gallery / "img0004.jpg", "make it green", "q2")]
+    verdicts = {}
+    for name, engine in (("local", ""), ("ray", ", engine: ray, options: {processor: transformers, replicas: 2, batch_size: 4}")):
+        (tmp_path / name).mkdir()
+        path = _rerank_pipeline(tmp_path / name, tiny_models, tiny_judge, engine=engine)
+        runs = query_many(queries, gallery_index, pipeline=path, k=20, data_dir=tmp_path / name / "data")
+        assert [r["status"] for r in runs] == ["ok", "ok"]
+        verdicts[name] = [(r["steps"][-1]["raw"], r["steps"][-1]["outputs"]["verdicts"], r["results"]) for r in runs]
+    assert verdicts["ray"] == verdicts["local"]
+    assert all(v["source"] == "logprobs" for _, found, _ in verdicts["ray"] for v in found)
