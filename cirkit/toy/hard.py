@@ -21,8 +21,8 @@ leaves out the pattern and the mark, and sampled captions mention them now and t
 samples together tell more than one. The reference image itself shows everything: fusing its
 vector into the query, or a judge that compares the two images, recovers what captions drop.
 
-The benchmark (CIRR's layout, one data directory per split) has a validation split, on which the
-toy-hard pipelines' parameters were chosen, and a held-out test split.
+The benchmark (CIRR's layout, one data directory per split) has a validation split, for choosing
+parameters, and a held-out test split.
 """
 
 from __future__ import annotations
