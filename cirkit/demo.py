@@ -218,3 +218,100 @@ def _print_query(out, number: int, run: dict[str, Any], text: str, target: str, 
     out.print(f"   [dim]run {run['id']}: cirkit {data_dir_flag}runs show {run['id']}[/dim]")
     return {**summary, "caption": caption, "description": description, "results": results,
             "target_rank": next((r["rank"] for r in results if r["name"] == target), None)}
+
+
+# ---------------------------------------------------------------- cirkit demo --hard
+
+HARD = "hard"
+HARD_PIPELINES = ("toy-hard-cirevl", "toy-hard-pdv", "toy-hard-ldre", "toy-hard-rerank", "toy-hard-full")
+HARD_SPLIT = "test"
+
+
+def run_hard_demo(
+    directory: str | Path,
+    *,
+    progress: bool = True,
+    console=None,
+    data_dir: Path | None = None,
+    eval_limit: int | None = None,
+    pipelines: tuple[str, ...] = HARD_PIPELINES,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Build the hard toy world's test split in DIR/hard, index its gallery and evaluate every toy-hard
+    pipeline on it with the CIRR protocol. Prints one table (unless `quiet`); returns
+    {"pipelines": {NAME: {"R@1", "R@5" (percent), "calls_per_query", "seconds", "experiment"}},
+    "queries", "directory", "data_dir", "seconds"}."""
+    from cirkit.console import stdout
+    from cirkit.engines import ModelPool
+    from cirkit.experiments import run_experiment
+    from cirkit.gallery import build_index
+    from cirkit.pipelines import load_pipeline
+    from cirkit.store import RunStore
+    from cirkit.toy import hard
+
+    out = console or stdout
+    say = (lambda *a, **k: None) if quiet else out.print
+    started = time.perf_counter()
+    directory = Path(directory).expanduser()
+    _claim(directory)
+    directory = directory.resolve()
+    world = directory / HARD
+    store_dir = Path(data_dir).expanduser() if data_dir else directory / RUNS
+    count = min(eval_limit, hard.NUM_QUERIES[HARD_SPLIT]) if eval_limit else hard.NUM_QUERIES[HARD_SPLIT]
+
+    names = hard.gallery_names()
+    say(f"[bold]cirkit demo --hard[/bold]: {len(names)} images whose pattern and small mark captions mostly leave out, "
+        f"{count} held-out queries ({escape(str(world))})")
+    with progress_bar(progress) as bar:
+        task = bar.add_task("drawing", total=len(names))
+        hard.write_benchmark(world, HARD_SPLIT, on_image=lambda: bar.advance(task), prune=True)
+
+    clip = ModelPool().get(load_pipeline(pipelines[0]).clip_model())
+    index_dir = world / INDEX
+    _reset_index_if_stale(index_dir, clip.identity)
+    files = sorted(f"cirr/img_raw/{hard.FOLDER}/{name}.png" for name in names.values())
+    report = build_index(world, index_dir, clip, files=files, progress=progress)
+    if report.skipped:
+        raise CirkitError(f"{len(report.skipped)} toy images could not be indexed (first: {report.skipped[0]}): delete {world} and run the demo again")
+
+    rows: dict[str, dict[str, Any]] = {}
+    store = RunStore(store_dir)
+    try:
+        for name in pipelines:
+            say(f"   {name} ...")
+            began = time.perf_counter()
+            experiment = run_experiment("cirr", world, hard.CIRR_SPLIT, pipeline=name, store=store, index_dir=index_dir,
+                                        limit=eval_limit, progress=progress, use_cache=False)
+            seconds = time.perf_counter() - began
+            if experiment.failed_runs:
+                raise CirkitError(f"{experiment.failed_runs} queries of {name} failed (see `cirkit runs failures {experiment.id}`)")
+            rows[name] = {
+                "R@1": round(experiment.metrics.get("R@1", 0.0), 2),
+                "R@5": round(experiment.metrics.get("R@5", 0.0), 2),
+                "calls_per_query": _calls_per_query(store, experiment.id),
+                "seconds": round(seconds, 1),
+                "experiment": experiment.id,
+            }
+    finally:
+        store.close()
+
+    table = Table("pipeline", "R@1", "R@5", "model calls / query", "seconds",
+                  title=f"hard toy world, {count} held-out test queries (CIRR protocol)")
+    for name, row in rows.items():
+        table.add_row(name, f"{row['R@1']:.1f}", f"{row['R@5']:.1f}", f"{row['calls_per_query']:.1f}", f"{row['seconds']:.0f}")
+    say(table)
+    total = time.perf_counter() - started
+    say(f"Done in {total:.0f} s. Compare runs: cirkit --data-dir {_sh(store_dir)} eval list")
+    return {"pipelines": rows, "queries": count, "directory": str(directory), "data_dir": str(store_dir), "seconds": total}
+
+
+def _calls_per_query(store, experiment_id: str) -> float:
+    """Model calls per query, over the experiment's runs: one per generated text (caption, rewrite,
+    verdict) and one per embedded text or image."""
+    runs = store.experiment(experiment_id)["runs"]
+    calls = 0
+    for row in runs:
+        for step in store.get(row["run_id"]).steps:
+            if step.model:
+                calls += len(step.raw) or len(step.prompts) or 1
+    return round(calls / max(1, len(runs)), 1)
