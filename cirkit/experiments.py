@@ -97,10 +97,15 @@ def run_experiment(
     use_cache: bool = True,
     progress: bool = True,
     model_overrides: dict[str, Any] | None = None,
+    tracker: Any = None,
 ) -> Experiment:
+    """`tracker` (cirkit.tracking.Tracker): logs the experiment to MLflow."""
     spec, prepared = _prepare(bench, data_dir, split, pipeline, model_overrides, index_dir, limit, progress)
-    return _evaluate(prepared, spec, store, batch_size=batch_size, submission_dir=submission_dir, use_cache=use_cache,
-                     progress=progress)
+    exp = _evaluate(prepared, spec, store, batch_size=batch_size, submission_dir=submission_dir, use_cache=use_cache,
+                    progress=progress)
+    if tracker is not None:
+        tracker.log_experiment(store, exp, spec, bench, split)
+    return exp
 
 
 def run_sweep(
@@ -120,6 +125,7 @@ def run_sweep(
     progress: bool = True,
     model_overrides: dict[str, Any] | None = None,
     on_experiment: Callable[[Setting, int, Experiment], None] | None = None,
+    tracker: Any = None,
 ) -> Sweep:
     """Every setting of the grid (`STEP.PARAM=[v1,...]` items; none: the pipeline as it is), `repeats`
     times each, one experiment per setting and repeat, grouped as one sweep.
@@ -150,23 +156,33 @@ def run_sweep(
     sweep_id = store.add_sweep(benchmark=bench, split=split, pipeline=base,
                                grid=[{"step": a.step, "param": a.param, "values": a.values} for a in axes],
                                repeats=repeats, metric=chosen)
-    rows = []
-    for setting, specs in plans:
-        done = []
-        for r, spec in enumerate(specs):
-            if progress:
-                stderr.print(f"setting {len(rows) + 1}/{len(plans)}: {setting.label}" + (f", repeat {r + 1}/{repeats}" if repeats > 1 else ""))
-            exp = _evaluate(prepared, spec, store, batch_size=batch_size, use_cache=use_cache, progress=progress,
-                            sweep=(sweep_id, setting.values, r))
-            done.append(exp)
-            if on_experiment:
-                on_experiment(setting, r, exp)
-        mean, sd = spread([e.metrics for e in done])
-        rows.append(SweepRow(setting, done, mean, sd, sum(e.failed_runs for e in done)))
-    scores = [row.metrics.get(chosen) for row in rows]
-    numeric = [i for i, v in enumerate(scores) if isinstance(v, (int, float))]
-    best = max(numeric, key=lambda i: scores[i]) if numeric else None
-    return Sweep(sweep_id, axes, repeats, chosen, rows, best)
+    if tracker is not None:
+        tracker.start_sweep(sweep_id, bench, split, base, axes, repeats, chosen)
+    result = None
+    try:
+        rows = []
+        for setting, specs in plans:
+            done = []
+            for r, spec in enumerate(specs):
+                if progress:
+                    stderr.print(f"setting {len(rows) + 1}/{len(plans)}: {setting.label}" + (f", repeat {r + 1}/{repeats}" if repeats > 1 else ""))
+                exp = _evaluate(prepared, spec, store, batch_size=batch_size, use_cache=use_cache, progress=progress,
+                                sweep=(sweep_id, setting.values, r))
+                done.append(exp)
+                if tracker is not None:
+                    tracker.log_experiment(store, exp, spec, bench, split, setting=setting.values, repeat=r)
+                if on_experiment:
+                    on_experiment(setting, r, exp)
+            mean, sd = spread([e.metrics for e in done])
+            rows.append(SweepRow(setting, done, mean, sd, sum(e.failed_runs for e in done)))
+        scores = [row.metrics.get(chosen) for row in rows]
+        numeric = [i for i, v in enumerate(scores) if isinstance(v, (int, float))]
+        best = max(numeric, key=lambda i: scores[i]) if numeric else None
+        result = Sweep(sweep_id, axes, repeats, chosen, rows, best)
+    finally:
+        if tracker is not None:
+            tracker.end_sweep(result)
+    return result
 
 
 def _prepare(bench, data_dir, split, pipeline, model_overrides, index_dir, limit, progress, *, benchmark=None) -> tuple[Any, Prepared]:

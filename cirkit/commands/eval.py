@@ -18,6 +18,10 @@ eval_app = typer.Typer(
     help="Evaluate on CIRR, CIRCO, FashionIQ, GeneCIS or your own triplets (`cirkit eval BENCH --data DIR --split S`).",
     no_args_is_help=True,
 )
+Mlflow = Annotated[
+    bool,
+    typer.Option("--mlflow", help="Log each experiment as an MLflow run (also when MLFLOW_TRACKING_URI is set); needs cirkit[mlflow]."),
+]
 Repeats = Annotated[
     int,
     typer.Option("--repeats", min=1, help="Run N times (new seeds for steps that sample or call a hosted model); mean ± sd per metric."),
@@ -41,25 +45,29 @@ def eval_run(
     model: ModelOverrides = None,
     repeats: Repeats = 1,
     prices: Prices = None,
+    mlflow: Mlflow = False,
 ) -> None:
     """Run a pipeline over a benchmark split in batches and score it with the official protocol."""
     from cirkit.commands.common import parse_model_overrides
     from cirkit.costs import load_prices
     from cirkit.experiments import run_experiment, run_group, run_sweep
+    from cirkit.tracking import open_tracker
 
     price_table = load_prices(prices)
+    tracker = open_tracker(mlflow, price_table)
     if repeats > 1:
         if bench == "fashioniq" or (bench == "genecis" and split == "all"):
             raise CirkitError(f"--repeats runs one benchmark split: give one member of {bench} (e.g. fashioniq-dress, genecis --split focus_object)")
         sweep = run_sweep(bench, data, split, pipeline=pipeline, store=open_store(ctx), grid=None, repeats=repeats,
                           index_dir=index, limit=limit, batch_size=batch_size, use_cache=not no_cache, progress=not as_json,
-                          model_overrides=parse_model_overrides(model))
+                          model_overrides=parse_model_overrides(model), tracker=tracker)
         _print_sweep(sweep, as_json, f"{bench} {split}", price_table)
         return
 
     options = dict(
         pipeline=pipeline, store=open_store(ctx), index_dir=index, limit=limit, batch_size=batch_size,
         submission_dir=submission, use_cache=not no_cache, progress=not as_json, model_overrides=parse_model_overrides(model),
+        tracker=tracker,
     )
     if bench == "fashioniq" or (bench == "genecis" and split == "all"):
         if index is not None:
@@ -109,19 +117,21 @@ def eval_sweep(
     model: ModelOverrides = None,
     repeats: Repeats = 1,
     prices: Prices = None,
+    mlflow: Mlflow = False,
 ) -> None:
     """Evaluate every setting of a parameter grid: shared steps run once, one experiment per setting, the best marked."""
+    from cirkit.commands.common import parse_model_overrides
     from cirkit.costs import load_prices
     from cirkit.experiments import run_sweep
+    from cirkit.tracking import open_tracker
 
     price_table = load_prices(prices)
-    from cirkit.commands.common import parse_model_overrides
-
+    tracker = open_tracker(mlflow, price_table)
     if bench == "fashioniq" or (bench == "genecis" and split == "all"):
         raise CirkitError(f"a sweep runs one benchmark split: give one member of {bench} (e.g. fashioniq-dress, genecis --split focus_object)")
     sweep = run_sweep(bench, data, split, pipeline=pipeline, store=open_store(ctx), grid=grid or [], repeats=repeats,
                       metric=metric, index_dir=index, limit=limit, batch_size=batch_size, use_cache=not no_cache,
-                      progress=not as_json, model_overrides=parse_model_overrides(model))
+                      progress=not as_json, model_overrides=parse_model_overrides(model), tracker=tracker)
     _print_sweep(sweep, as_json, f"{bench} {split}", price_table)
 
 
