@@ -92,6 +92,8 @@ def test_a_sweep_runs_the_shared_steps_once_and_stores_one_experiment_per_settin
     assert "best: pdv.beta=" in table.stdout
     listed = cli("eval", "list", "--limit", "50").stdout
     assert all(r[0] in listed for r in rows)
+    line = next(line for line in listed.splitlines() if rows[-1][0] in line)
+    assert f"toy-pdv pdv.beta=1.0 pdv.alpha_image=2 (sweep {out['sweep']})" in line
 
 
 @pytest.mark.parametrize(

@@ -212,7 +212,11 @@ def eval_list(ctx: typer.Context, limit: Annotated[int, typer.Option(min=1)] = 2
     table = Table("experiment", "created (UTC)", "benchmark", "split", "pipeline", "headline")
     for exp in open_store(ctx).experiments(limit):
         headline = ", ".join(f"{k}={v:.2f}" for k, v in list(exp["metrics"].items())[:3] if isinstance(v, (int, float)))
-        table.add_row(exp["id"], exp["created_at"][:19], exp["benchmark"], exp["split"], exp["pipeline_name"], headline)
+        setting = json.loads(exp["setting"]) if exp.get("setting") else {}
+        pipeline = exp["pipeline_name"] + "".join(f" {k}={v}" for k, v in setting.items())
+        if exp.get("sweep_id"):
+            pipeline += f" (sweep {exp['sweep_id']}" + (f", repeat {exp['repeat'] + 1})" if exp.get("repeat") else ")")
+        table.add_row(exp["id"], exp["created_at"][:19], exp["benchmark"], exp["split"], escape(pipeline), headline)
     stdout.print(table)
 
 
