@@ -80,7 +80,7 @@ def test_tracking_uri_in_the_environment_logs_a_plain_eval(world, tmp_path):
     # a process of its own, as a user runs it: MLflow keeps per-process state about the stores it has seen
     res = subprocess.run([sys.executable, "-m", "cirkit", "--data-dir", str(tmp_path / "data"), "eval", "cirr", "--data", str(world),
                           "--split", toy.SPLIT, "--pipeline", "toy", "--index", str(tmp_path / "idx"), "--limit", str(LIMIT), "--json"],
-                         env=env, capture_output=True, text=True, timeout=600)
+                         env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)  # artifacts go to ./mlruns
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     client = MlflowClient(uri)
