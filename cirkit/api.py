@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -96,16 +97,18 @@ def query(
     progress: bool = False,
     use_cache: bool = True,
     model_overrides: dict[str, dict[str, Any]] | None = None,
+    exclude_reference: bool | None = None,
 ) -> dict[str, Any]:
     """Retrieve gallery images showing `image` changed as `text` says.
 
     Returns the stored run as a dict: its id, inputs, every step's prompts, raw and parsed outputs,
     and `results` cut to the top `k`. `prompts` swaps step templates: {"rewrite": "./mine.yaml"}
-    (a list of templates makes an ensemble).
+    (a list of templates makes an ensemble). `exclude_reference`: see query_many.
     """
     (run,) = query_many(
         [Query(image, text)], index, pipeline=pipeline, prompts=prompts, k=k, data_dir=data_dir,
         models=models, progress=progress, raise_on_failure=True, use_cache=use_cache, model_overrides=model_overrides,
+        exclude_reference=exclude_reference,
     )
     return run
 
@@ -125,16 +128,24 @@ def query_many(
     store: RunStore | None = None,
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
     model_overrides: dict[str, dict[str, Any]] | None = None,
+    exclude_reference: bool | None = None,
 ) -> list[dict[str, Any]]:
     """Run many queries together: every step is called once per batch over all of them.
 
     Returns one stored run dict per query, in order; failed runs have status "failed" and an error.
     `store` is an open run store to write to instead of the one in `data_dir` (the caller closes it).
     `on_event` is told as each run starts and each step is stored (see run_queries).
+    `exclude_reference`: leave a query's reference image out of its results where the gallery holds
+    it (its path, or any image with the same content); None: only for a reference inside the indexed
+    folder. The run's inputs list what was left out (`excluded`).
     """
     swaps = {step: [refs] if isinstance(refs, str) else list(refs) for step, refs in (prompts or {}).items()}
     spec = load_pipeline(pipeline, swaps, model_overrides)
     gallery = GalleryIndex.open(index)
+    queries = [q if q.exclude is not None else replace(q, exclude=reference_copies(gallery, q.image, exclude_reference))
+               for q in queries]
+    k_asked = k
+    k += max((len(q.exclude or []) for q in queries), default=0)  # still k results once they are left out
     own_store = store is None
     store = RunStore(data_dir) if own_store else store
     try:
@@ -147,8 +158,32 @@ def query_many(
         if own_store:
             store.close()
     for run in runs:
-        run["results"] = (run["results"] or [])[:k]
+        run["results"] = (run["results"] or [])[:k_asked]
     return runs
+
+
+def reference_copies(gallery: GalleryIndex, image: str | Path, exclude: bool | None = None) -> list[str] | None:
+    """The gallery paths that hold the reference image (its own path, or the same content), when it
+    is to be left out: always for `exclude` True, never for False, and for None only when the image
+    lies inside the indexed folder."""
+    if exclude is False:
+        return None
+    path = Path(image).expanduser()
+    try:
+        rel = path.resolve().relative_to(gallery.root.resolve()).as_posix()
+    except (OSError, ValueError):
+        rel = None
+    if exclude is None and rel is None:
+        return None
+    from cirkit.errors import ImageError
+    from cirkit.images import image_sha256
+
+    try:
+        sha = image_sha256(path)
+    except ImageError:  # an unreadable reference is refused by the runner, with its own message
+        sha = None
+    paths = [e["path"] for e in gallery.manifest["entries"] if e["path"] == rel or (sha is not None and e.get("sha256") == sha)]
+    return paths or None
 
 
 def load_queries(path: str | Path) -> list[Query]:

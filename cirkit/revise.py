@@ -132,7 +132,8 @@ def _plan(store: RunStore, revision: Revision, pipeline_ref, prompts, model_over
             values[f"{record.name}.{name}"] = value
     candidates = run.inputs.get("candidates") or {}
     query = Query(run.inputs["image"], run.inputs["modification"], run.inputs.get("query_id"), run.inputs.get("targets"),
-                  candidates=candidates.get("paths"), only_candidates=candidates.get("only", False))
+                  candidates=candidates.get("paths"), only_candidates=candidates.get("only", False),
+                  exclude=run.inputs.get("excluded"))
     return {
         "pipeline": pipe,
         "index": run.index_dir,

@@ -46,12 +46,27 @@ def open_store(ctx: typer.Context):
 
 
 def print_results(results: list[dict[str, Any]], title: str = "Results") -> None:
+    """The ranked images, named by their path inside the indexed folder (named once, under the table),
+    so that the names fit an 80-column terminal."""
     judged = any("verifier" in r for r in results)  # reranked: the judge's P(yes) beside the score
-    table = Table("rank", "score", *(["P(yes)"] if judged else []), "image", title=title)
+    root = _common_root(results)
+    table = Table("rank", "score", *(["P(yes)"] if judged else []), "image", title=title,
+                  caption=f"in {escape(root)}" if root else None, caption_justify="left")
     for r in results:
         verifier = [f"{r['verifier']:.3f}" if r.get("verifier") is not None else "-"] if judged else []
-        table.add_row(str(r["rank"]), f"{r['score']:.4f}", *verifier, escape(r["file"]))
+        table.add_row(str(r["rank"]), f"{r['score']:.4f}", *verifier, escape(r["path"] if root else r["file"]))
     stdout.print(table)
+
+
+def _common_root(results: list[dict[str, Any]]) -> str | None:
+    """The indexed folder the results' paths are relative to, or None when they do not share one."""
+    roots = set()
+    for r in results:
+        file, path = str(r.get("file") or ""), str(r.get("path") or "")
+        if not path or not file.endswith(path):
+            return None
+        roots.add(file[: len(file) - len(path)].rstrip("/\\") or "/")
+    return roots.pop() if len(roots) == 1 else None
 
 
 def summarize(value: Any) -> str:

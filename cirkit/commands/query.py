@@ -30,6 +30,11 @@ def query(
     no_cache: NoCache = False,
     local: Annotated[bool, typer.Option("--local", help="Run here, even when a `cirkit serve` is running.")] = False,
     model: ModelOverrides = None,
+    exclude_reference: Annotated[
+        Optional[bool],
+        typer.Option("--exclude-reference/--include-reference",
+                     help="Leave the reference image out of the results where the gallery holds it (default: when it lies inside the indexed folder)."),
+    ] = None,
     server: Annotated[
         Optional[str],
         typer.Option("--server", metavar="URL", help="Use the `cirkit serve` at this address (default: $CIRKIT_SERVER, else http://127.0.0.1:$CIRKIT_PORT when one answers there)."),
@@ -57,6 +62,7 @@ def query(
         runs = _query_server(
             url, ctx.obj["data_dir"], queries=queries, image=image, text=text, index=index, pipeline=pipeline,
             prompts=swaps, models=overrides, k=k, use_cache=not no_cache, progress=not as_json,
+            exclude_reference=exclude_reference,
         )
     else:
         from cirkit.api import load_queries, query_many
@@ -74,11 +80,13 @@ def query(
             raise_on_failure=queries is None,
             use_cache=not no_cache,
             model_overrides=overrides,
+            exclude_reference=exclude_reference,
         )
     _print_runs(runs, single=queries is None, as_json=as_json)
 
 
-def _query_server(url: str, data_dir: Optional[Path], *, queries, image, text, index, pipeline, prompts, models, k, use_cache, progress) -> list:
+def _query_server(url: str, data_dir: Optional[Path], *, queries, image, text, index, pipeline, prompts, models, k, use_cache, progress,
+                  exclude_reference) -> list:
     """The same query through a running `cirkit serve`: every path made absolute from here, the run
     store this command would have used; the server's messages name paths as they were typed."""
     from contextlib import nullcontext
@@ -90,7 +98,7 @@ def _query_server(url: str, data_dir: Optional[Path], *, queries, image, text, i
     request, names = build_request(
         data_dir=data_dir if data_dir is not None else default_data_dir(), index=index, pipeline=pipeline,
         prompts=prompts, models=models, k=k, use_cache=use_cache, raise_on_failure=queries is None,
-        queries_file=queries, image=image, text=text,
+        queries_file=queries, image=image, text=text, exclude_reference=exclude_reference,
     )
     with stderr.status(f"query: on the cirkit server at {url}", spinner="dots") if progress else nullcontext():
         return remote_query(url, request, names)
@@ -119,6 +127,7 @@ def _print_runs(runs: list, *, single: bool, as_json: bool) -> None:
             for i, description in enumerate(outputs.get("descriptions", [])):
                 label = f" {i + 1}" if len(outputs["descriptions"]) > 1 else ""
                 stdout.print(f"[bold]description{label}[/bold] ({step['name']}): {escape(description)}")
+        _note_excluded(runs)
         stdout.print(f"run id: {run['id']}  (inspect with: cirkit runs show {run['id']})")
         return
     failed = [run for run in runs if run["status"] != "ok"]
@@ -134,5 +143,16 @@ def _print_runs(runs: list, *, single: bool, as_json: bool) -> None:
                 escape(top["path"]) if top else escape(run["error"] or ""), f"{top['score']:.4f}" if top else "",
             )
         stdout.print(table)
+        _note_excluded(runs)
     if failed:
         raise CirkitError(f"{len(failed)} of {len(runs)} queries failed (see `cirkit runs show RUN_ID`): {failed[0]['error']}")
+
+
+def _note_excluded(runs: list) -> None:
+    """Say when a reference image was left out of its results, and how to keep it."""
+    excluded = [run for run in runs if run["inputs"].get("excluded")]
+    if len(excluded) == 1 and len(runs) == 1:
+        paths = ", ".join(excluded[0]["inputs"]["excluded"])
+        stdout.print(f"note: the reference image is in the gallery ({escape(paths)}): left out of the results (--include-reference keeps it)")
+    elif excluded:
+        stdout.print(f"note: {len(excluded)} of {len(runs)} reference images are in the gallery: left out of their results (--include-reference keeps them)")

@@ -36,6 +36,7 @@ class Query:
     targets: list[str] | None = None  # known targets (gallery paths relative to the index root), if any
     candidates: list[str] | None = None  # the query's own candidate images (gallery paths), if a benchmark gives them
     only_candidates: bool = False  # rank only the candidates (GeneCIS), else the top k and then them (CIRR subsets)
+    exclude: list[str] | None = None  # gallery paths left out of the results (the reference image's copies in the gallery)
 
 
 @dataclass
@@ -164,11 +165,20 @@ def run_queries(
                 still_live.append(i)
         live = sorted(still_live)
     for i in live:
-        store.finish_run(run_ids[i], results=contexts[i].get("results"), error=None)
+        store.finish_run(run_ids[i], results=_without(contexts[i].get("results"), queries[i].exclude), error=None)
     if failures and raise_on_failure:
         more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
         raise CirkitError(failures[0] + more)
     return run_ids
+
+
+def _without(results: list[dict[str, Any]] | None, paths: list[str] | None) -> list[dict[str, Any]] | None:
+    """The results with the excluded gallery paths left out, ranked again from 1."""
+    if not results or not paths:
+        return results
+    left_out = set(paths)
+    kept = [hit for hit in results if hit["path"] not in left_out]
+    return [{**hit, "rank": rank} for rank, hit in enumerate(kept, start=1)]
 
 
 def run_step(step, params, model_spec, models: ModelPool, items: list[dict[str, Any]], index: Any = None) -> tuple[dict | None, list[ItemResult]]:
@@ -241,5 +251,7 @@ def _query_context(query: Query, load: bool = True) -> dict[str, Any]:
     candidates = {"paths": list(query.candidates), "only": query.only_candidates} if query.candidates else None
     if candidates:
         inputs["candidates"] = candidates
+    if query.exclude:
+        inputs["excluded"] = list(query.exclude)
     return {"image": image, "modification": text, "candidates": candidates, "_inputs": inputs, "_image_path": str(path),
             "_query_id": query.id}

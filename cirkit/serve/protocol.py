@@ -75,6 +75,7 @@ class QueryRequest(BaseModel):
     k: int = Field(ge=1)
     use_cache: bool = True
     raise_on_failure: bool = False
+    exclude_reference: Optional[bool] = None  # None: only for a reference inside the indexed folder
     queries: Optional[list[QueryItem]] = None
     queries_file: Optional[str] = None
 
@@ -161,6 +162,7 @@ def build_request(
     *, data_dir: str | Path, index: str | Path, pipeline: str | Path, prompts: dict[str, list[str]], k: int,
     use_cache: bool, raise_on_failure: bool, queries_file: str | Path | None = None,
     image: str | Path | None = None, text: str | None = None, models: dict[str, dict[str, Any]] | None = None,
+    exclude_reference: bool | None = None,
 ) -> tuple[QueryRequest, PathNames]:
     """The request for what `cirkit query` would run in this directory, and the names to map the
     server's messages back to the paths as typed."""
@@ -171,7 +173,8 @@ def build_request(
         pipeline_ref = names.absolute(pipeline_ref)
     swaps = {step: [_prompt_ref(ref, names, pipeline_file) for ref in refs] for step, refs in prompts.items()}
     fields = dict(data_dir=names.absolute(data_dir), index=names.absolute(index), pipeline=pipeline_ref, prompts=swaps,
-                  models=models or {}, k=k, use_cache=use_cache, raise_on_failure=raise_on_failure)
+                  models=models or {}, k=k, use_cache=use_cache, raise_on_failure=raise_on_failure,
+                  exclude_reference=exclude_reference)
     if queries_file is not None:
         fields["queries_file"] = names.absolute(queries_file)
         typed_dir, full_dir = Path(queries_file).parent, Path(fields["queries_file"]).parent

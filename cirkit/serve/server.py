@@ -185,7 +185,7 @@ class QueryServer:
                 use_data_dir(request.data_dir)  # its imported prompt templates
                 runs = query_many(
                     batch, request.index, pipeline=_pipeline_ref(request.pipeline), prompts=request.prompts,
-                    model_overrides=request.models, k=request.k,
+                    model_overrides=request.models, k=request.k, exclude_reference=request.exclude_reference,
                     data_dir=request.data_dir, models=self.pool, progress=False, raise_on_failure=request.raise_on_failure,
                     use_cache=request.use_cache, on_event=self._observer(request.data_dir, emit),
                 )
