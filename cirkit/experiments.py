@@ -293,6 +293,7 @@ def compare(store: RunStore, a: str, b: str) -> dict[str, Any]:
     keys = list(dict.fromkeys([*ea["metrics"], *eb["metrics"]]))
     metrics = [{"metric": key, "a": ea["metrics"].get(key), "b": eb["metrics"].get(key)} for key in keys]
     rank_a = {r["query_id"]: r["target_rank"] for r in ea["runs"]}
+    run_a = {r["query_id"]: r["run_id"] for r in ea["runs"]}
     better, worse = [], []
     for r in eb["runs"]:
         if r["query_id"] not in rank_a:
@@ -300,9 +301,9 @@ def compare(store: RunStore, a: str, b: str) -> dict[str, Any]:
         old, new = rank_a[r["query_id"]], r["target_rank"]
         old_key, new_key = old or 10**9, new or 10**9
         if new_key < old_key:
-            better.append({"query_id": r["query_id"], "rank_a": old, "rank_b": new, "run_b": r["run_id"]})
+            better.append({"query_id": r["query_id"], "rank_a": old, "rank_b": new, "run_a": run_a[r["query_id"]], "run_b": r["run_id"]})
         elif new_key > old_key:
-            worse.append({"query_id": r["query_id"], "rank_a": old, "rank_b": new, "run_b": r["run_id"]})
+            worse.append({"query_id": r["query_id"], "rank_a": old, "rank_b": new, "run_a": run_a[r["query_id"]], "run_b": r["run_id"]})
     return {"a": ea["id"], "b": eb["id"], "metrics": metrics, "better": better, "worse": worse}
 
 

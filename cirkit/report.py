@@ -1,4 +1,6 @@
-"""A run as a self-contained HTML page: reference image, modification, every intermediate, ranked images.
+"""Runs as a self-contained HTML page: reference image, modification, every intermediate, ranked images.
+An experiment's page shows its failures (or all its queries); a comparison page shows the queries
+that got better or worse, the two runs side by side.
 
 Images are embedded as JPEG thumbnails (data URIs), so the file can be mailed or archived alone.
 Every text from models or users is escaped: captions and LLM outputs are untrusted.
@@ -32,15 +34,28 @@ figure{margin:0;width:THUMBpx;font-size:12px;text-align:center;border:3px solid 
 figure.target{border-color:#2a2}
 figure img{max-width:THUMBpx;max-height:THUMBpx}
 figcaption{word-break:break-all} .badge{background:#2a2;color:#fff;border-radius:3px;padding:0 4px}
+table.metrics{border-collapse:collapse;margin:8px 0 16px 0} table.metrics td,table.metrics th{border:1px solid #ddd;padding:2px 8px;text-align:right}
+.pair{display:grid;grid-template-columns:1fr 1fr;gap:12px;margin-bottom:24px} .pair section.run{margin:0;min-width:0}
+.rankchange{font-weight:bold} .capped{background:#fff4d6;border:1px solid #e90;padding:6px 10px;border-radius:4px}
 """
 
 
 def write_report(runs: list[RunRecord], out: str | Path, *, k: int = 10, thumb: int = 160) -> Path:
     """Write the runs as one HTML page to `out` (atomically)."""
+    check_out(out)
+    return write_html(render_report(runs, k=k, thumb=thumb), out)
+
+
+def check_out(out: str | Path) -> Path:
+    """`out`, refused before any work when its folder does not exist."""
     out = Path(out)
     if not out.parent.is_dir():
         raise CirkitError(f"cannot write {out}: folder {out.parent} does not exist")
-    html = render_report(runs, k=k, thumb=thumb)
+    return out
+
+
+def write_html(html: str, out: str | Path) -> Path:
+    out = check_out(out)
     tmp = out.with_name(f".{out.name}.tmp")
     try:
         tmp.write_text(html, encoding="utf-8")
@@ -54,18 +69,95 @@ def write_report(runs: list[RunRecord], out: str | Path, *, k: int = 10, thumb: 
 def render_report(runs: list[RunRecord], *, k: int = 10, thumb: int = 160) -> str:
     sections = "\n".join(_run(run, k, thumb) for run in runs)
     title = f"cirkit report: {len(runs)} run{'s' if len(runs) != 1 else ''}"
+    return _page(title, sections, thumb)
+
+
+def _page(title: str, body: str, thumb: int) -> str:
     return (
         f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{escape(title)}</title>"
-        f"<style>{STYLE.replace('THUMB', str(thumb))}</style></head>\n<body>\n<h1>{escape(title)}</h1>\n{sections}\n</body></html>\n"
+        f"<style>{STYLE.replace('THUMB', str(thumb))}</style></head>\n<body>\n<h1>{escape(title)}</h1>\n{body}\n</body></html>\n"
     )
 
 
-def _run(run: RunRecord, k: int, thumb: int) -> str:
+def render_experiment(store: Any, exp_id: str, *, all_queries: bool = False, limit: int = 100, k: int = 10, thumb: int = 160) -> str:
+    """An experiment's failures (target not in the top k), or all its queries, at most `limit` of them."""
+    exp = store.experiment(exp_id)
+    rows = exp["runs"] if all_queries else [r for r in exp["runs"] if r["target_rank"] is None or r["target_rank"] > k]
+    what = f"all {len(rows)} queries" if all_queries else f"{len(rows)} of {len(exp['runs'])} queries failed (target not in the top {k})"
+    parts = [_experiment_meta(exp), _metrics_table([exp["metrics"]], ["value"]), f"<h2 class='summary'>{escape(what)}</h2>"]
+    parts.append(_capped(len(rows), limit, "--limit N shows more"))
+    for row in rows[:limit]:
+        head = f"query {escape(str(row['query_id']))} &middot; target rank <span class='rankchange'>{_rank(row['target_rank'])}</span>"
+        parts.append(_run(store.get(row["run_id"]), k, thumb, head=head))
+    return _page(f"cirkit report: experiment {exp['id']}", "\n".join(parts), thumb)
+
+
+def render_comparison(store: Any, a: str, b: str, *, limit: int = 100, k: int = 10, thumb: int = 160) -> str:
+    """Two experiments: their metrics, then each query whose target rank got better or worse, the
+    run of A beside the run of B; at most `limit` queries of each kind."""
+    from cirkit.experiments import compare
+
+    diff = compare(store, a, b)
+    ea, eb = store.experiment(diff["a"]), store.experiment(diff["b"])
+    parts = [
+        "<div class='pair'>", _experiment_meta(ea, "A"), _experiment_meta(eb, "B"), "</div>",
+        _metrics_table([{m["metric"]: m["a"] for m in diff["metrics"]}, {m["metric"]: m["b"] for m in diff["metrics"]}], ["A", "B"]),
+    ]
+    for kind in ("better", "worse"):
+        rows = diff[kind]
+        parts.append(f"<h2 class='{kind}' data-count='{len(rows)}'>{len(rows)} quer{'y' if len(rows) == 1 else 'ies'} got {kind} in B</h2>")
+        parts.append(_capped(len(rows), limit, "--limit N shows more"))
+        for row in rows[:limit]:
+            head = (f"query {escape(str(row['query_id']))} &middot; target rank <span class='rankchange'>"
+                    f"{_rank(row['rank_a'])} &rarr; {_rank(row['rank_b'])}</span>")
+            parts.append(f"<div class='pair {kind}' data-query='{escape(str(row['query_id']))}'>")
+            parts.append(_run(store.get(row["run_a"]), k, thumb, head=f"A &middot; {head}"))
+            parts.append(_run(store.get(row["run_b"]), k, thumb, head=f"B &middot; {head}"))
+            parts.append("</div>")
+    return _page(f"cirkit report: experiment {diff['a']} vs {diff['b']}", "\n".join(parts), thumb)
+
+
+def _experiment_meta(exp: dict[str, Any], label: str = "") -> str:
+    setting = f" &middot; setting {escape(', '.join(f'{k}={v}' for k, v in exp['setting'].items()))}" if exp.get("setting") else ""
+    return (f"<div class='meta experiment' data-experiment='{escape(exp['id'])}'>{escape(label)} experiment {escape(exp['id'])} &middot; "
+            f"{escape(str(exp['benchmark']))} {escape(str(exp['split']))} &middot; pipeline {escape(str(exp['pipeline_name']))}"
+            f"{setting} &middot; {escape(str(exp['created_at']))}</div>")
+
+
+def _metrics_table(columns: list[dict[str, Any]], labels: list[str]) -> str:
+    keys = [key for key in dict.fromkeys(key for column in columns for key in column)]
+    head = "".join(f"<th>{escape(label)}</th>" for label in labels)
+    rows = "".join(
+        f"<tr><th>{escape(str(key))}</th>" + "".join(f"<td>{escape(_value(column.get(key)))}</td>" for column in columns) + "</tr>"
+        for key in keys
+    )
+    return f"<table class='metrics'><tr><th>metric</th>{head}</tr>{rows}</table>"
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return "-" if value is None else str(value)
+
+
+def _rank(rank: int | None) -> str:
+    return str(rank) if rank is not None else "not found"
+
+
+def _capped(total: int, limit: int, how: str) -> str:
+    if total <= limit:
+        return ""
+    return f"<p class='capped'>showing the first {limit} of {total} ({escape(how)})</p>"
+
+
+def _run(run: RunRecord, k: int, thumb: int, head: str = "") -> str:
+    """One run; `head` is trusted markup (callers escape what goes into it)."""
     targets = set(run.inputs.get("targets") or [])
     parent = f" &middot; derived from run {escape(run.parent_id)}" if run.parent_id else ""
     parts = [
         f"<section class='run' id='run-{escape(run.id)}' data-run='{escape(run.id)}'>",
         f"<h2>run {escape(run.id)} <span class='meta'>{escape(run.status)}</span></h2>",
+        f"<div class='meta head'>{head}</div>" if head else "",
         f"<div class='meta'>pipeline {escape(run.pipeline_name)} &middot; {escape(run.created_at)}{parent}</div>",
         "<div class='query'>",
         _image(run.inputs.get("image"), thumb, "reference"),

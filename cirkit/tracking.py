@@ -116,11 +116,9 @@ class Tracker:
 
 
 def _failures_page(store, exp_id: str) -> str:
-    from cirkit.experiments import failures
-    from cirkit.report import render_report
+    from cirkit.report import render_experiment
 
-    rows = failures(store, exp_id, limit=FAILURES_ON_PAGE)
-    return render_report([store.get(row["run_id"]) for row in rows])
+    return render_experiment(store, exp_id, limit=FAILURES_ON_PAGE)
 
 
 def _number(value: Any) -> bool:

@@ -71,3 +71,113 @@ def test_report_bad_input(cli, tmp_path, evil_run):
     res = cli("report", "zzzz", "--out", tmp_path / "r.html")
     assert res.exit_code == 1 and "unknown run id" in res.stderr
     assert not (tmp_path / "r.html").exists()
+
+
+@pytest.fixture
+def two_experiments(cli, tmp_path, tiny_pipeline, tiny_models):
+    """`cirkit eval` twice on a small triplets set whose ids and modifications are markup: the tiny
+    pipeline, then the same with another rewrite prompt."""
+    from conftest import write_pipeline
+
+    data = tmp_path / "mine"
+    (data / "imgs").mkdir(parents=True)
+    for i in range(10):
+        Image.new("RGB", (40, 40), ((i * 70) % 256, (i * 30) % 256, (i * 110) % 256)).save(data / "imgs" / f"{i}.jpg")
+    lines = [{"id": f"<i>q{i}</i>", "reference": f"imgs/{i}.jpg", "text": f"<script>alert({i})</script> brighter & bluer",
+              "targets": [f"imgs/{(i + 3) % 10}.jpg"]} for i in range(8)]
+    (data / "queries.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    other = write_pipeline(tmp_path / "other.yaml", tiny_models)
+    other.write_text(other.read_text().replace("prompt: cirevl-rewrite,", "prompt: cirevl-rewrite-simple,"))
+    ids = []
+    for pipeline in (tiny_pipeline, other):
+        res = cli("eval", "triplets", "--data", data, "--split", "queries", "--pipeline", pipeline, "--json")
+        assert res.exit_code == 0, res.stderr
+        ids.append(json.loads(res.stdout.strip().splitlines()[-1])["experiment"])
+    return ids
+
+
+def _dom(path) -> str:
+    dom = _chromium_run("--dump-dom", path.as_uri())
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    return dom.stdout
+
+
+def test_experiment_report_failures_all_and_capped(cli, tmp_path, two_experiments):
+    exp, _ = two_experiments
+    rows = json.loads(cli("runs", "failures", exp, "--k", "2", "--json").stdout)
+    assert 0 < len(rows) < 8  # some queries fail at k=2, not all
+    out = tmp_path / "exp.html"
+    res = cli("report", "--experiment", exp[:6], "-k", "2", "--out", out)
+    assert res.exit_code == 0, res.stderr
+    html = out.read_text()
+    assert "<script>" not in html and "<i>" not in html and "file://" not in html
+    page = _dom(out)
+    assert f"<title>cirkit report: experiment {exp}</title>" in page  # no script ran
+    assert page.count("<section class=\"run\"") == len(rows)
+    shown = {line.split("data-run=\"")[1].split("\"")[0] for line in page.splitlines() if "data-run=\"" in line}
+    assert shown == {row["run_id"] for row in rows}  # exactly the failures
+    assert f"{len(rows)} of 8 queries failed (target not in the top 2)" in page
+    assert "&lt;script&gt;alert(" in page and "&lt;i&gt;q" in page  # shown as text
+    assert "R@1" in page  # the metrics table
+    assert page.count("data-step=\"caption\"") == len(rows) and page.count("data-step=\"rewrite\"") == len(rows)
+    assert "target not in the top 2" in page and "image missing" not in page
+
+    res = cli("report", "--experiment", exp, "--all", "-k", "10", "--out", out)
+    assert res.exit_code == 0, res.stderr
+    page = _dom(out)
+    assert page.count("<section class=\"run\"") == 8 and "all 8 queries" in page
+    assert page.count("class=\"target\"") == 8  # every target is in the top 10 of 10 images, and marked
+
+    res = cli("report", "--experiment", exp, "--all", "--limit", "3", "--out", out)
+    assert res.exit_code == 0, res.stderr
+    page = _dom(out)
+    assert page.count("<section class=\"run\"") == 3 and "showing the first 3 of 8" in page
+
+    shot = tmp_path / "shot.png"
+    result = _chromium_run(f"--screenshot={shot}", "--window-size=1200,1600", out.as_uri())
+    assert result.returncode == 0 and shot.is_file(), result.stderr[-2000:]
+    colours = Image.open(shot).convert("RGB").getcolors(maxcolors=1_000_000)
+    assert colours is not None and len(colours) > 50
+
+
+def test_compare_report_side_by_side(cli, tmp_path, two_experiments):
+    a, b = two_experiments
+    diff = json.loads(cli("eval", "compare", a, b, "--json").stdout)
+    assert diff["better"] or diff["worse"]
+    out = tmp_path / "cmp.html"
+    res = cli("report", "--compare", a, b, "--out", out)
+    assert res.exit_code == 0, res.stderr
+    assert "<script>" not in out.read_text()
+    page = _dom(out)
+    assert f"<title>cirkit report: experiment {a} vs {b}</title>" in page
+    for kind in ("better", "worse"):
+        assert f"<h2 class=\"{kind}\" data-count=\"{len(diff[kind])}\">" in page
+        assert page.count(f"<div class=\"pair {kind}\"") == len(diff[kind])
+        for row in diff[kind]:
+            arrow = f"{row['rank_a'] or 'not found'} → {row['rank_b'] or 'not found'}"
+            assert page.count(arrow) >= 2  # in the heads of both runs
+            assert f"data-run=\"{row['run_b']}\"" in page
+    assert page.count("<section class=\"run\"") == 2 * (len(diff["better"]) + len(diff["worse"]))
+
+    res = cli("report", "--compare", a, b, "--limit", "1", "--out", out)
+    page = _dom(out)
+    assert page.count("<section class=\"run\"") == 2 * (min(1, len(diff["better"])) + min(1, len(diff["worse"])))
+
+
+def test_experiment_report_bad_input(cli, tmp_path, two_experiments):
+    a, b = two_experiments
+    cases = [
+        (["--experiment", "nope"], "unknown experiment"),
+        (["--compare", a, "nope"], "unknown experiment"),
+        (["--experiment", a, "--compare", a, b], "not --experiment and --compare"),
+        ([], "give run ids, --experiment ID or --compare A B"),
+        (["--compare", a, b, "--all"], "--all goes with --experiment"),
+        (["--experiment", a, "--out", tmp_path / "no" / "r.html"], "does not exist"),
+    ]
+    for args, message in cases:
+        res = cli("report", *args, "--out", tmp_path / "r.html") if "--out" not in args else cli("report", *args)
+        assert res.exit_code != 0 and message in res.stderr, (args, res.stderr)
+        assert "Traceback" not in res.stderr
+    res = cli("report", "--experiment", a, "--limit", "0")
+    assert res.exit_code != 0 and "Traceback" not in res.stderr
+    assert not (tmp_path / "r.html").exists()

@@ -1,26 +1,48 @@
-"""`cirkit report`: runs as a self-contained HTML page."""
+"""`cirkit report`: runs, an experiment or two experiments compared, as a self-contained HTML page."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
 from cirkit.commands.common import open_store
 from cirkit.console import stdout
+from cirkit.errors import CirkitError
 
 
 def report(
     ctx: typer.Context,
-    run_ids: Annotated[list[str], typer.Argument(help="Run ids (unique prefixes are enough).")],
+    run_ids: Annotated[Optional[list[str]], typer.Argument(help="Run ids (unique prefixes are enough).")] = None,
+    experiment: Annotated[
+        Optional[str], typer.Option("--experiment", "-e", metavar="ID", help="An experiment's failures (target not in the top k), or all its queries with --all.")
+    ] = None,
+    compare: Annotated[
+        Optional[tuple[str, str]], typer.Option("--compare", metavar="A B", help="Two experiments: the queries that got better or worse, side by side.")
+    ] = None,
+    all_queries: Annotated[bool, typer.Option("--all", help="With --experiment: every query, not only the failures.")] = False,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="With --experiment or --compare: at most this many queries (of each kind).")] = 100,
     out: Annotated[Path, typer.Option("--out", "-o", help="The HTML file to write.")] = Path("report.html"),
-    k: Annotated[int, typer.Option("-k", min=1, help="Result images per run.")] = 10,
+    k: Annotated[int, typer.Option("-k", min=1, help="Result images per run (and, for --experiment, a failure: target not in the top k).")] = 10,
 ) -> None:
-    """Write runs as an HTML page: reference, modification, every intermediate, top-k images, target marked."""
-    from cirkit.report import write_report
+    """Write an HTML page: reference, modification, every intermediate, top-k images, target marked."""
+    from cirkit.report import check_out, render_comparison, render_experiment, write_html, write_report
 
+    given = [name for name, value in (("run ids", run_ids), ("--experiment", experiment), ("--compare", compare)) if value]
+    if len(given) != 1:
+        raise CirkitError("give run ids, --experiment ID or --compare A B" + (f", not {' and '.join(given)}" if given else ""))
+    if all_queries and not experiment:
+        raise CirkitError("--all goes with --experiment")
+    check_out(out)
     store = open_store(ctx)
-    runs = [store.get(run_id) for run_id in run_ids]
-    path = write_report(runs, out, k=k)
-    stdout.print(f"wrote {path} ({len(runs)} run{'s' if len(runs) != 1 else ''})")
+    if experiment:
+        path = write_html(render_experiment(store, experiment, all_queries=all_queries, limit=limit, k=k), out)
+        stdout.print(f"wrote {path} (experiment {store.experiment(experiment)['id']})")
+    elif compare:
+        path = write_html(render_comparison(store, *compare, limit=limit, k=k), out)
+        stdout.print(f"wrote {path} ({compare[0]} vs {compare[1]})")
+    else:
+        runs = [store.get(run_id) for run_id in run_ids]
+        path = write_report(runs, out, k=k)
+        stdout.print(f"wrote {path} ({len(runs)} run{'s' if len(runs) != 1 else ''})")
