@@ -20,27 +20,12 @@ import pstats
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-SPENT: dict[str, float] = defaultdict(float)
-
-
-def timed(cls, name: str, label: str) -> None:
-    """Wrap cls.name so that its time adds up under SPENT[label]."""
-    real = getattr(cls, name)
-
-    def wrapper(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return real(*args, **kwargs)
-        finally:
-            SPENT[label] += time.perf_counter() - start
-
-    setattr(cls, name, wrapper)
+from timing import SPENT, timed  # noqa: E402
 
 
 def main() -> None:
