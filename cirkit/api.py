@@ -97,7 +97,7 @@ def query(
     progress: bool = False,
     use_cache: bool = True,
     model_overrides: dict[str, dict[str, Any]] | None = None,
-    exclude_reference: bool | None = None,
+    exclude_reference: bool | None = False,
 ) -> dict[str, Any]:
     """Retrieve gallery images showing `image` changed as `text` says.
 
@@ -128,16 +128,17 @@ def query_many(
     store: RunStore | None = None,
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
     model_overrides: dict[str, dict[str, Any]] | None = None,
-    exclude_reference: bool | None = None,
+    exclude_reference: bool | None = False,
 ) -> list[dict[str, Any]]:
     """Run many queries together: every step is called once per batch over all of them.
 
     Returns one stored run dict per query, in order; failed runs have status "failed" and an error.
     `store` is an open run store to write to instead of the one in `data_dir` (the caller closes it).
     `on_event` is told as each run starts and each step is stored (see run_queries).
-    `exclude_reference`: leave a query's reference image out of its results where the gallery holds
-    it (its path, or any image with the same content); None: only for a reference inside the indexed
-    folder. The run's inputs list what was left out (`excluded`).
+    `exclude_reference`: True leaves a query's reference image out of its results where the gallery
+    holds it (its path, or any image with the same content); None does so only for a reference inside
+    the indexed folder (what `cirkit query` does by default). The run's inputs list what was left out
+    (`excluded`).
     """
     swaps = {step: [refs] if isinstance(refs, str) else list(refs) for step, refs in (prompts or {}).items()}
     spec = load_pipeline(pipeline, swaps, model_overrides)

@@ -108,3 +108,15 @@ def test_the_choice_travels_to_a_cirkit_serve(tmp_path, deep_gallery):
         request, _ = build_request(data_dir=tmp_path, index=index, pipeline="cirevl", prompts={}, k=5, use_cache=True,
                                    raise_on_failure=True, image=root / "img0001.jpg", text="red", exclude_reference=choice)
         assert QueryRequest.model_validate_json(request.model_dump_json()).exclude_reference is choice
+
+
+def test_python_api_keeps_the_reference_unless_asked(tmp_path, deep_gallery, tiny_pipeline):
+    from cirkit.api import query
+
+    root, index = deep_gallery
+    ref = root / "img0005.jpg"
+    common = dict(pipeline=tiny_pipeline, k=8, data_dir=tmp_path)
+    assert "img0005.jpg" in [r["path"] for r in query(ref, "red", index, **common)["results"]]
+    for choice in (True, None):  # None: as `cirkit query` decides, by where the reference lies
+        run = query(ref, "red", index, exclude_reference=choice, **common)
+        assert "img0005.jpg" not in [r["path"] for r in run["results"]] and len(run["results"]) == 7
