@@ -25,7 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from timing import CALLS, SPENT, timed  # noqa: E402
+
 METHODS = ["cirevl", "cirevl-ensemble", "cirevl-pdv", "ldre", "ldre-pdv", "seize", "weimocir", "genqr-feedback"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--queries", type=int, default=2, help="queries per method, run as one batch")
