@@ -22,7 +22,8 @@ def _models(tiny_models, **extra) -> list[str]:
 
 
 def _query(cli, index, image, pipeline, *extra, text="make it red"):
-    res = cli("query", "-i", index, "--image", image, "-t", text, "-p", pipeline, "--json", *extra)
+    # the reference is a gallery image here; kept, so that the run's results are the last step's
+    res = cli("query", "-i", index, "--image", image, "-t", text, "-p", pipeline, "--json", "--include-reference", *extra)
     assert res.exit_code == 0, res.stderr
     return json.loads(res.stdout)
 
