@@ -5,8 +5,9 @@ download): BLIP base as the captioner, a SmolLM-135M-shaped Llama as the LLM, op
 CLIP; each built-in keeps its own steps and parameters (`--model` overrides swap only the models).
 Time inside model calls is TransformersEngine.generate plus ClipModel's encoders; the rest of a
 query (run store, cache, templates, images, wiring, search and fusion arithmetic) is "outside".
-Every query uses a reference image not seen before, so nothing comes from the step cache. Gallery
-captions, for the methods that score with them, are made once beforehand and not counted.
+Every query uses a reference image not seen before and each method its own run store, so nothing
+comes from the step cache. Gallery captions, for the methods that score with them, are made once
+beforehand and not counted.
 
     python speed/method_costs.py --queries 2 --gallery 48
 """
@@ -82,7 +83,8 @@ def main() -> None:
             SPENT.clear()
             CALLS.clear()
             start = time.perf_counter()
-            run_queries(pipeline, queries, index=GalleryIndex.open(index_dir), store=RunStore(tmp / "data"), models=models,
+            store = RunStore(tmp / f"data-{name}")  # a store per method: no step comes from another method's cache
+            run_queries(pipeline, queries, index=GalleryIndex.open(index_dir), store=store, models=models,
                         progress=False, raise_on_failure=True)
             wall = (time.perf_counter() - start) / args.queries
             inside = sum(SPENT.values()) / args.queries
