@@ -11,9 +11,9 @@ images.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 from cirkit.benchmarks import Benchmark, evaluate, load, load_group, write_circo_submission, write_cirr_submission
 from cirkit.benchmarks.evaluation import GROUP_KEYS
@@ -71,6 +71,26 @@ class SweepRow:
     def tokens(self) -> dict[str, Any]:
         """Token totals over the setting's repeats."""
         return add_totals([e.tokens for e in self.experiments])
+
+
+@dataclass
+class ParaphraseStudy:
+    """The pipeline run with the original modifications and with each paraphrase, grouped as a sweep."""
+
+    id: str  # the sweep's
+    count: int
+    labels: list[str]  # "original", "paraphrase 1", ...
+    experiments: list[Experiment]
+    paraphrase_runs: dict[str, str]  # query id -> the run that made its paraphrases
+    summary: dict[str, Any]  # cirkit.paraphrases.summarize
+    left_out: list[str]  # queries that got no paraphrases (their run failed), left out of every variant
+    paraphrase_tokens: dict[str, Any] | None = None
+    best: ClassVar[None] = None  # no variant is the best one (what a tracker's sweep is tagged with)
+
+    @property
+    def tokens(self) -> dict[str, Any]:
+        """Token totals: the paraphrases' and every variant's."""
+        return add_totals([self.paraphrase_tokens, *(e.tokens for e in self.experiments)])
 
 
 @dataclass
@@ -183,6 +203,97 @@ def run_sweep(
         if tracker is not None:
             tracker.end_sweep(result)
     return result
+
+
+def run_paraphrases(
+    bench: str,
+    data_dir: str | Path,
+    split: str,
+    *,
+    pipeline: str | Path,
+    store: RunStore,
+    count: int,
+    paraphrase_model: str | None = None,
+    paraphrases_file: str | Path | None = None,
+    index_dir: str | Path | None = None,
+    limit: int | None = None,
+    batch_size: int = 64,
+    use_cache: bool = True,
+    progress: bool = True,
+    model_overrides: dict[str, Any] | None = None,
+    tracker: Any = None,
+) -> ParaphraseStudy:
+    """`count` paraphrases of each query's modification (by the pipeline's LLM, see
+    cirkit.paraphrases, or from a JSON file {query id: [texts]}), stored as one run per query; then
+    the pipeline over the split with the original modifications and with each paraphrase in their
+    place, one experiment each, grouped as a sweep whose setting names the variant. Everything is
+    checked before any model loads."""
+    from cirkit.paraphrases import check_count, check_given, paraphrase_pipeline, summarize
+
+    check_count(count)
+    benchmark = load(bench, data_dir, split)
+    base = load_pipeline(pipeline, model_overrides=model_overrides, benchmark=family(benchmark))
+    if paraphrases_file is not None and paraphrase_model is not None:
+        raise CirkitError("--paraphrases-file gives the paraphrases: leave out --paraphrase-model")
+    maker = paraphrase_pipeline(base, count, model=paraphrase_model, given=paraphrases_file)
+    if not benchmark.has_ground_truth:
+        raise CirkitError(f"{benchmark.title} has no ground truth here: --paraphrases needs metrics (use the val split)")
+    if paraphrases_file is not None:
+        check_given(maker, [q.id for q in (benchmark.queries[:limit] if limit else benchmark.queries)], count)
+    _, prepared = _prepare(bench, data_dir, split, base, None, index_dir, limit, progress, benchmark=benchmark)
+
+    paraphrase_runs: dict[str, str] = {}
+    for start in range(0, len(prepared.runnable), batch_size):
+        chunk = prepared.runnable[start : start + batch_size]
+        batch = [Query(benchmark.data_dir / benchmark.gallery.get(q.reference, q.reference), q.text, q.id) for q in chunk]
+        ids = run_queries(maker, batch, index=prepared.index, store=store, models=prepared.models, progress=progress,
+                          raise_on_failure=False, use_cache=use_cache)
+        paraphrase_runs.update(zip((q.id for q in chunk), ids))
+        if progress:
+            stderr.print(f"paraphrases: {min(start + batch_size, len(prepared.runnable))}/{len(prepared.runnable)} queries")
+    texts, steps, left_out = {}, [], []
+    for qid, run_id in paraphrase_runs.items():
+        run = store.get(run_id)
+        steps.extend(run.steps)
+        if run.status == "ok":
+            texts[qid] = run.step("paraphrase").outputs["texts"][:count]
+        else:
+            left_out.append(qid)
+    if left_out:
+        stderr.print(f"{len(left_out)} of {len(paraphrase_runs)} queries got no paraphrases (e.g. run {paraphrase_runs[left_out[0]]}: "
+                     f"{store.get(paraphrase_runs[left_out[0]]).error}): they are left out of every variant")
+    kept = [q for q in prepared.queries if q.id not in set(left_out)]
+
+    labels = ["original", *(f"paraphrase {i}" for i in range(1, count + 1))]
+    sweep_id = store.add_sweep(benchmark=bench, split=split, pipeline=base,
+                               grid=[{"step": "query", "param": "modification", "values": labels,
+                                      "paraphrases": maker.source, "paraphrase_runs": paraphrase_runs}],
+                               repeats=1, metric=None)
+    axes = [Axis("query", "modification", labels)]
+    if tracker is not None:
+        tracker.start_sweep(sweep_id, bench, split, base, axes, 1, headline(benchmark.protocol, evaluate(benchmark, {}, missing="miss")))
+    runnable = {q.id for q in prepared.runnable}
+    done: list[Experiment] = []
+    study = None
+    try:
+        for variant_index, label in enumerate(labels):
+            if progress:
+                stderr.print(f"variant {variant_index + 1}/{len(labels)}: {label}")
+            worded = [replace(q, text=texts[q.id][variant_index - 1]) if variant_index and q.id in texts else q for q in kept]
+            part = replace(prepared, queries=worded, runnable=[q for q in worded if q.id in runnable])
+            setting = {"modification": label}
+            exp = _evaluate(part, base, store, batch_size=batch_size, use_cache=use_cache, progress=progress,
+                            sweep=(sweep_id, setting, 0))
+            done.append(exp)
+            if tracker is not None:
+                tracker.log_experiment(store, exp, base, bench, split, setting=setting)
+        ranks = [{r["query_id"]: r["target_rank"] for r in store.experiment(e.id)["runs"]} for e in done]
+        study = ParaphraseStudy(sweep_id, count, labels, done, paraphrase_runs, summarize([e.metrics for e in done], ranks),
+                                left_out, token_totals(steps))
+    finally:
+        if tracker is not None:
+            tracker.end_sweep(study)
+    return study
 
 
 def _prepare(bench, data_dir, split, pipeline, model_overrides, index_dir, limit, progress, *, benchmark=None) -> tuple[Any, Prepared]:
@@ -310,8 +421,6 @@ def compare(store: RunStore, a: str, b: str) -> dict[str, Any]:
 def _subset(benchmark: Benchmark, queries) -> Benchmark:
     if len(queries) == len(benchmark.queries):
         return benchmark
-    from dataclasses import replace
-
     return replace(benchmark, queries=list(queries))
 
 
@@ -332,8 +441,6 @@ def _as_crop_files(benchmark: Benchmark, progress: bool) -> Benchmark:
     """The benchmark with each instance box's crop written as a PNG under DATA/.cirkit-crops/ (once), so
     that the crops are indexed and queried like any image. An unreadable source image leaves its crop
     missing, which counts as a miss."""
-    from dataclasses import replace
-
     folder = Path(".cirkit-crops") / benchmark.name / benchmark.split
     (benchmark.data_dir / folder).mkdir(parents=True, exist_ok=True)
     gallery = {}

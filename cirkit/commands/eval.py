@@ -26,6 +26,19 @@ Repeats = Annotated[
     int,
     typer.Option("--repeats", min=1, help="Run N times (new seeds for steps that sample or call a hosted model); mean ± sd per metric."),
 ]
+Paraphrases = Annotated[
+    Optional[int],
+    typer.Option("--paraphrases", metavar="N",
+                 help="Also run with N paraphrases of each modification (1-10, by the pipeline's LLM; kept as runs): the spread per metric, and the queries whose target rank changes."),
+]
+ParaphraseModel = Annotated[
+    Optional[str],
+    typer.Option("--paraphrase-model", metavar="NAME", help="With --paraphrases: the pipeline's model entry that paraphrases (default: the rewrite step's)."),
+]
+ParaphrasesFile = Annotated[
+    Optional[Path],
+    typer.Option("--paraphrases-file", metavar="FILE", help="With --paraphrases: take them from a JSON file {query id: [texts]} instead of an LLM."),
+]
 SUBCOMMANDS = ("run", "sweep", "score", "compare", "list", "--help", "-h")
 
 
@@ -46,15 +59,35 @@ def eval_run(
     repeats: Repeats = 1,
     prices: Prices = None,
     mlflow: Mlflow = False,
+    paraphrases: Paraphrases = None,
+    paraphrase_model: ParaphraseModel = None,
+    paraphrases_file: ParaphrasesFile = None,
 ) -> None:
     """Run a pipeline over a benchmark split in batches and score it with the official protocol."""
     from cirkit.commands.common import parse_model_overrides
     from cirkit.costs import load_prices
-    from cirkit.experiments import run_experiment, run_group, run_sweep
+    from cirkit.experiments import run_experiment, run_group, run_paraphrases, run_sweep
     from cirkit.tracking import open_tracker
 
+    if paraphrases is None and (paraphrase_model or paraphrases_file):
+        raise CirkitError(f"{'--paraphrase-model' if paraphrase_model else '--paraphrases-file'} goes with --paraphrases N")
+    if paraphrases is not None:
+        from cirkit.paraphrases import check_count
+
+        check_count(paraphrases)
+        if repeats > 1:
+            raise CirkitError("--paraphrases and --repeats each run the pipeline several times: give one of them")
+        if bench == "fashioniq" or (bench == "genecis" and split == "all"):
+            raise CirkitError(f"--paraphrases runs one benchmark split: give one member of {bench} (e.g. fashioniq-dress, genecis --split focus_object)")
     price_table = load_prices(prices)
     tracker = open_tracker(mlflow, price_table)
+    if paraphrases is not None:
+        study = run_paraphrases(bench, data, split, pipeline=pipeline, store=open_store(ctx), count=paraphrases,
+                                paraphrase_model=paraphrase_model, paraphrases_file=paraphrases_file, index_dir=index,
+                                limit=limit, batch_size=batch_size, use_cache=not no_cache, progress=not as_json,
+                                model_overrides=parse_model_overrides(model), tracker=tracker)
+        _print_paraphrases(study, as_json, f"{bench} {split}", price_table)
+        return
     if repeats > 1:
         if bench == "fashioniq" or (bench == "genecis" and split == "all"):
             raise CirkitError(f"--repeats runs one benchmark split: give one member of {bench} (e.g. fashioniq-dress, genecis --split focus_object)")
@@ -186,6 +219,33 @@ def _print_sweep(sweep, as_json: bool, title: str, prices: dict | None = None) -
     _print_tokens(add_totals([row.tokens for row in sweep.rows]), prices)
     ids = [e.id for row in sweep.rows for e in row.experiments]
     stdout.print(f"experiments: {', '.join(ids[:4])}{', ...' if len(ids) > 4 else ''} (cirkit eval list; cirkit eval compare A B)")
+
+
+def _print_paraphrases(study, as_json: bool, title: str, prices: dict) -> None:
+    summary = study.summary
+    if as_json:
+        print(json.dumps({
+            "sweep": study.id, "paraphrases": study.count,
+            "variants": [{"variant": label, "experiment": exp.id, "metrics": exp.metrics, "failed_runs": exp.failed_runs}
+                         for label, exp in zip(study.labels, study.experiments)],
+            "metrics": summary["metrics"], "rank_changed": summary["rank_changed"],
+            "queries_changed": summary["queries_changed"], "queries": summary["queries"],
+            "paraphrase_runs": study.paraphrase_runs, "left_out": study.left_out, **_token_fields(study.tokens, prices),
+        }))
+        return
+    table = Table("metric", *study.labels, "mean ± sd", "min", "max", "spread",
+                  title=f"{title}: {study.count} paraphrase{'s' if study.count > 1 else ''} of each modification (sweep {study.id})")
+    for key, row in summary["metrics"].items():
+        table.add_row(escape(key), *(_fmt(v) for v in [row["original"], *row["paraphrases"]]),
+                      f"{row['mean']:.2f} ± {row['sd']:.2f}", _fmt(row["min"]), _fmt(row["max"]), _fmt(row["spread"]))
+    stdout.print(table)
+    changed, total = len(summary["queries_changed"]), summary["queries"]
+    stdout.print(f"target rank changed with the wording: {100 * summary['rank_changed']:.1f}% of queries ({changed} of {total})")
+    _print_tokens(study.tokens, prices)
+    first = next(iter(study.paraphrase_runs.values()), None)
+    if first:
+        stdout.print(f"paraphrases: one run per query, e.g. cirkit runs show {first} (fix one: cirkit runs edit {first} paraphrase)")
+    stdout.print(f"experiments: {', '.join(e.id for e in study.experiments)} (cirkit eval compare A B)")
 
 
 @eval_app.command("score")
