@@ -12,8 +12,9 @@ import base64
 import io
 import os
 from html import escape
+from urllib.parse import quote
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from cirkit.errors import CirkitError, ImageError, one_line
 from cirkit.images import load_image
@@ -36,6 +37,7 @@ figure img{max-width:THUMBpx;max-height:THUMBpx}
 figcaption{word-break:break-all} .badge{background:#2a2;color:#fff;border-radius:3px;padding:0 4px}
 table.metrics{border-collapse:collapse;margin:8px 0 16px 0} table.metrics td,table.metrics th{border:1px solid #ddd;padding:2px 8px;text-align:right}
 .pair{display:grid;grid-template-columns:1fr 1fr;gap:12px;margin-bottom:24px} .pair section.run{margin:0;min-width:0}
+nav.pages{margin:12px 0;font-size:14px} nav.pages a,nav.pages span{margin:0 3px} nav.pages .current{font-weight:bold}
 .rankchange{font-weight:bold} .capped{background:#fff4d6;border:1px solid #e90;padding:6px 10px;border-radius:4px}
 """
 
@@ -80,16 +82,62 @@ def _page(title: str, body: str, thumb: int) -> str:
 
 
 def render_experiment(store: Any, exp_id: str, *, all_queries: bool = False, limit: int = 100, k: int = 10, thumb: int = 160) -> str:
-    """An experiment's failures (target not in the top k), or all its queries, at most `limit` of them."""
+    """An experiment's failures (target not in the top k), or all its queries, at most `limit` of them, on one page."""
+    return next(render_experiment_pages(store, exp_id, ["report.html"], all_queries=all_queries, limit=limit, page_size=limit, k=k, thumb=thumb))
+
+
+def experiment_page_count(store: Any, exp_id: str, *, all_queries: bool = False, limit: int | None = None, page_size: int = 100,
+                          k: int = 10) -> int:
+    shown = len(_experiment_rows(store.experiment(exp_id), all_queries, k)[:limit])
+    return max(1, -(-shown // page_size))
+
+
+def page_paths(out: str | Path, count: int) -> list[Path]:
+    """The files of a report of `count` pages: OUT, then OUT-2, OUT-3, ... beside it."""
+    out = Path(out)
+    return [out] + [out.with_name(f"{out.stem}-{n}{out.suffix}") for n in range(2, count + 1)]
+
+
+def render_experiment_pages(store: Any, exp_id: str, names: list[str], *, all_queries: bool = False, limit: int | None = None,
+                            page_size: int = 100, k: int = 10, thumb: int = 160) -> Iterator[str]:
+    """An experiment's failures (target not in the top k), or all its queries (at most `limit`), as
+    pages of `page_size` queries, one at a time, each self-contained, linked by `names` (their file
+    names, one per page: see experiment_page_count): previous, next, and an index of every page."""
     exp = store.experiment(exp_id)
-    rows = exp["runs"] if all_queries else [r for r in exp["runs"] if r["target_rank"] is None or r["target_rank"] > k]
+    rows = _experiment_rows(exp, all_queries, k)
     what = f"all {len(rows)} queries" if all_queries else f"{len(rows)} of {len(exp['runs'])} queries failed (target not in the top {k})"
-    parts = [_experiment_meta(exp), _metrics_table([exp["metrics"]], ["value"]), f"<h2 class='summary'>{escape(what)}</h2>"]
-    parts.append(_capped(len(rows), limit, "--limit N shows more"))
-    for row in rows[:limit]:
-        head = f"query {escape(str(row['query_id']))} &middot; target rank <span class='rankchange'>{_rank(row['target_rank'])}</span>"
-        parts.append(_run(store.get(row["run_id"]), k, thumb, head=head))
-    return _page(f"cirkit report: experiment {exp['id']}", "\n".join(parts), thumb)
+    shown = rows[:limit]
+    chunks = [shown[at : at + page_size] for at in range(0, len(shown), page_size)] or [[]]
+    if len(chunks) != len(names):
+        raise ValueError(f"{len(chunks)} pages, {len(names)} names")
+    for number, chunk in enumerate(chunks):
+        first = number * page_size
+        nav = _page_nav(names, number, first, len(chunk), len(shown)) if len(chunks) > 1 else ""
+        parts = [_experiment_meta(exp), _metrics_table([exp["metrics"]], ["value"]), f"<h2 class='summary'>{escape(what)}</h2>"]
+        parts.append(_capped(len(rows), limit, "--limit N shows more") if limit is not None else "")
+        parts.append(nav)
+        for row in chunk:
+            head = f"query {escape(str(row['query_id']))} &middot; target rank <span class='rankchange'>{_rank(row['target_rank'])}</span>"
+            parts.append(_run(store.get(row["run_id"]), k, thumb, head=head))
+        parts.append(nav)
+        title = f"cirkit report: experiment {exp['id']}" + (f" (page {number + 1} of {len(chunks)})" if len(chunks) > 1 else "")
+        yield _page(title, "\n".join(parts), thumb)
+
+
+def _experiment_rows(exp: dict[str, Any], all_queries: bool, k: int) -> list[dict[str, Any]]:
+    return exp["runs"] if all_queries else [r for r in exp["runs"] if r["target_rank"] is None or r["target_rank"] > k]
+
+
+def _page_nav(names: list[str], number: int, first: int, count: int, total: int) -> str:
+    """Links to the previous and next pages and to every page, and which queries this page holds."""
+    def link(n: int, text: str, rel: str = "") -> str:
+        return f"<a href='{escape(quote(names[n]))}'{f' rel={rel}' if rel else ''}>{text}</a>"
+
+    parts = [link(number - 1, "&larr; previous", "prev") if number > 0 else ""]
+    parts += [f"<span class='current'>{n + 1}</span>" if n == number else link(n, str(n + 1)) for n in range(len(names))]
+    parts.append(link(number + 1, "next &rarr;", "next") if number + 1 < len(names) else "")
+    return (f"<nav class='pages'>queries {first + 1}&ndash;{first + count} of {total} &middot; page "
+            + " ".join(p for p in parts if p) + "</nav>")
 
 
 def render_comparison(store: Any, a: str, b: str, *, limit: int = 100, k: int = 10, thumb: int = 160) -> str:

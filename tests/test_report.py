@@ -181,3 +181,55 @@ def test_experiment_report_bad_input(cli, tmp_path, two_experiments):
     res = cli("report", "--experiment", a, "--limit", "0")
     assert res.exit_code != 0 and "Traceback" not in res.stderr
     assert not (tmp_path / "r.html").exists()
+
+
+def test_experiment_report_pages_link_each_other_and_show_every_query_once(cli, tmp_path, two_experiments):
+    import re
+    import sqlite3
+    from urllib.parse import unquote
+
+    exp, _ = two_experiments
+    store = sqlite3.connect(tmp_path / "data" / "runs.sqlite3")
+    runs = [run_id for (run_id,) in store.execute("SELECT run_id FROM experiment_runs WHERE experiment_id=?", (exp,))]
+    assert len(runs) == 8
+    out = tmp_path / "pages" / "all.html"
+    out.parent.mkdir()
+    res = cli("report", "--experiment", exp, "--all", "--page-size", "3", "--out", out)
+    assert res.exit_code == 0, res.stderr
+    names = ["all.html", "all-2.html", "all-3.html"]
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(names) and "3 pages" in res.stdout
+
+    seen: list[str] = []
+    for number, name in enumerate(names):
+        path = out.parent / name
+        assert "<script>" not in path.read_text() and "file://" not in path.read_text()
+        page = _dom(path)
+        assert f"<title>cirkit report: experiment {exp} (page {number + 1} of 3)</title>" in page  # no script ran
+        assert "all 8 queries" in page and "R@1" in page
+        on_page = re.findall(r"<section class=\"run\" id=\"run-\w+\" data-run=\"(\w+)\"", page)
+        assert len(on_page) == (3 if number < 2 else 2)
+        assert f"queries {3 * number + 1}–{3 * number + len(on_page)} of 8" in page
+        seen += on_page
+        # previous and next, then an index of every page, at the top and the bottom
+        links = re.findall(r"<a href=\"([^\"]+)\"(?: rel=\"(prev|next)\")?>", page)
+        rel = {r: unquote(href) for href, r in links if r}
+        assert rel.get("prev") == (names[number - 1] if number else None)
+        assert rel.get("next") == (names[number + 1] if number < 2 else None)
+        assert {unquote(href) for href, r in links if not r} == set(names) - {name}
+        assert page.count("<nav class=\"pages\">") == 2
+        assert all((out.parent / unquote(href)).is_file() for href, _ in links)
+    assert sorted(seen) == sorted(runs)  # every query, once
+
+    # --limit still caps the report, before it is paged
+    res = cli("report", "--experiment", exp, "--all", "--limit", "5", "--page-size", "2", "--out", tmp_path / "five.html")
+    assert res.exit_code == 0, res.stderr
+    pages = [_dom(tmp_path / name) for name in ("five.html", "five-2.html", "five-3.html")]
+    assert [p.count("<section class=\"run\"") for p in pages] == [2, 2, 1] and not (tmp_path / "five-4.html").exists()
+    assert all("showing the first 5 of 8" in p for p in pages)
+    # one page: no page links, the title as before
+    res = cli("report", "--experiment", exp, "--all", "--out", tmp_path / "one.html")
+    page = _dom(tmp_path / "one.html")
+    assert page.count("<section class=\"run\"") == 8 and "<nav" not in page and not (tmp_path / "one-2.html").exists()
+
+    res = cli("report", "--compare", exp, exp, "--page-size", "2", "--out", tmp_path / "c.html")
+    assert res.exit_code == 1 and "--page-size goes with --experiment" in res.stderr
