@@ -139,6 +139,14 @@ def m004_step_tokens(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE steps ADD COLUMN tokens TEXT")
 
 
+@migration
+def m005_step_rounds(db: sqlite3.Connection) -> None:
+    """steps.round: the loop round a step record ran in (0 outside loops, and for older steps). A run's
+    records are numbered by `position` in the order they ran, which is the pipeline's order unless a
+    loop repeated steps."""
+    db.execute("ALTER TABLE steps ADD COLUMN round INTEGER NOT NULL DEFAULT 0")
+
+
 def latest_version() -> int:
     return len(MIGRATIONS)
 

@@ -19,10 +19,13 @@ import yaml
 
 from cirkit.engines import ModelPool
 from cirkit.errors import CirkitError, one_line
+from cirkit.errors import ImageError
 from cirkit.gallery import GalleryIndex
+from cirkit.images import load_image
 from cirkit.pipelines import Pipeline, load_pipeline
 from cirkit.pipelines.spec import BUILTIN_DIR, validate_pipeline
 from cirkit.pipelines.runner import Prefilled, Query, run_queries
+from cirkit.pipelines.stored_images import stored_images
 from cirkit.store import RunRecord, RunStore, StepRecord
 
 
@@ -33,6 +36,8 @@ class Revision:
     run_id: str
     step: str | None  # None: the pipeline's first step
     text: str | None = None  # None: re-run from `step` without editing
+    round: int = 0  # of a step in a loop: which round to edit or re-run from
+    image: Path | None = None  # for a step that makes an image: the image to put in its place
 
 
 def revise(
@@ -90,46 +95,48 @@ def _plan(store: RunStore, revision: Revision, pipeline_ref, prompts, model_over
         note = _source_note(run)
     step = pipe.step(revision.step) if revision.step else pipe.steps[0]
     start = pipe.steps.index(step)
-    for earlier in pipe.steps[:start]:
-        stored = _stored_step(run, earlier.name)
-        if stored.kind != earlier.kind or stored.status != "ok":
+    if revision.round and not step.in_loop:
+        raise CirkitError(f"step '{step.name}' is in no loop, so it has no round {revision.round}")
+    target = next((j for j, r in enumerate(run.steps) if r.name == step.name and r.round == revision.round), None)
+    if target is None:
+        run.step(step.name, revision.round if step.in_loop else None)  # names the rounds it has, if any
+        raise CirkitError(f"run {run.id} has no stored step '{step.name}' to start from (it failed or was skipped before it)")
+    earlier = run.steps[:target]
+    names = {s.name: s for s in pipe.steps}
+    for stored in earlier:
+        if stored.name not in names or stored.kind != names[stored.name].kind or stored.status not in ("ok", "skipped"):
             raise CirkitError(
-                f"run {run.id}: step '{earlier.name}' cannot be reused (it is {stored.status} or of another kind); "
+                f"run {run.id}: step '{stored.name}' cannot be reused (it is {stored.status} or of another kind); "
                 f"re-run from an earlier step"
             )
-    copied = [_copy(_stored_step(run, s.name), pos) for pos, s in enumerate(pipe.steps[:start])]
+    missing = [s.name for s in pipe.steps[:start] if s.in_loop is None and s.name not in {r.name for r in earlier}]
+    if missing:
+        raise CirkitError(f"run {run.id} has no stored step '{missing[0]}' to reuse; re-run from an earlier step")
+    copied = [_copy(record, pos) for pos, record in enumerate(earlier)]
     change: dict[str, Any] = {"from": step.name}
+    if revision.round:
+        change["round"] = revision.round
     if prompts:
         change["prompts"] = prompts
     if pipeline_ref is not None:
         change["pipeline"] = str(pipeline_ref)
     if note:
         change["note"] = note
-    if revision.text is not None:
-        text = revision.text.strip()
-        if not text:
-            raise CirkitError(f"run {run.id}: the new text for step '{step.name}' is empty")
-        if step.component.editable is None:
-            raise CirkitError(
-                f"step '{step.name}' ({step.kind}) has no text output to edit; editable steps: "
-                + ", ".join(s.name for s in pipe.steps if s.component.editable)
-            )
-        old = _stored_step(run, step.name)
-        outputs = step.component.given_outputs(text)
+    if revision.text is not None or revision.image is not None:
+        old = run.steps[target]
+        outputs, was, what = _hand_outputs(pipe, step, revision, old, store)
         copied.append(
             StepRecord(
-                position=start, name=step.name, kind=step.kind, status="ok", model=None, params={}, templates=[],
-                prompts=[], raw=[], outputs=outputs, notes=[f"edited by hand (was: {old.outputs.get(step.component.editable)!r})"],
-                seconds=0.0, error=None, origin="edited",
+                position=len(copied), name=step.name, kind=step.kind, status="ok", model=None, params={}, templates=[],
+                prompts=[], raw=[], outputs=outputs, notes=[f"edited by hand (was: {was})"],
+                seconds=0.0, error=None, origin="edited", round=revision.round,
             )
         )
-        change.update(edited=step.name, text=text)
+        change.update(edited=step.name, **what)
         start += 1
     values: dict[str, Any] = {}
     for record in copied:
-        for name, value in record.outputs.items():
-            values[name] = value
-            values[f"{record.name}.{name}"] = value
+        values.update(names[record.name].published(record.outputs))
     candidates = run.inputs.get("candidates") or {}
     query = Query(run.inputs["image"], run.inputs["modification"], run.inputs.get("query_id"), run.inputs.get("targets"),
                   candidates=candidates.get("paths"), only_candidates=candidates.get("only", False),
@@ -138,8 +145,31 @@ def _plan(store: RunStore, revision: Revision, pipeline_ref, prompts, model_over
         "pipeline": pipe,
         "index": run.index_dir,
         "query": query,
-        "prefilled": Prefilled(start=start, steps=copied, values=values, parent_id=run.id, change=change),
+        "prefilled": Prefilled(start=start, steps=copied, values=values, parent_id=run.id, change=change, round=revision.round),
     }
+
+
+def _hand_outputs(pipe: Pipeline, step, revision: Revision, old: StepRecord, store: RunStore) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """The outputs a hand edit puts in the step's place, what they replace, and what the change records."""
+    if revision.image is not None:
+        name = step.component.editable_image
+        if name is None:
+            raise CirkitError(f"step '{step.name}' ({step.kind}) makes no image to replace; give the new text with --text")
+        try:
+            image = load_image(revision.image)
+        except ImageError as exc:
+            raise CirkitError(f"{revision.image}: {exc}") from None
+        outputs = stored_images({name: image}, store.data_dir)
+        return outputs, str((old.outputs.get(name) or {}).get("image_file")), {"image": outputs[name]["image_file"]}
+    text = revision.text.strip()
+    if not text:
+        raise CirkitError(f"run {revision.run_id}: the new text for step '{step.name}' is empty")
+    if step.component.editable is None:
+        raise CirkitError(
+            f"step '{step.name}' ({step.kind}) has no text output to edit; editable steps: "
+            + ", ".join(s.name for s in pipe.steps if s.component.editable)
+        )
+    return step.component.given_outputs(text), repr(old.outputs.get(step.component.editable)), {"text": text}
 
 
 def stored_pipeline(
@@ -179,13 +209,6 @@ def _source_note(run: RunRecord) -> str | None:
     return None
 
 
-def _stored_step(run: RunRecord, name: str) -> StepRecord:
-    try:
-        return run.step(name)
-    except CirkitError:
-        raise CirkitError(f"run {run.id} has no stored step '{name}' to reuse (it failed before it)") from None
-
-
 def _copy(record: StepRecord, position: int) -> StepRecord:
     return StepRecord(**{**vars(record), "position": position, "origin": "copied", "seconds": 0.0})
 
@@ -219,7 +242,12 @@ def read_overrides(path: str | Path, store: RunStore, *, partial: bool = False) 
             if not isinstance(row, dict) or not row.get("step") or not isinstance(row.get("text"), str):
                 raise CirkitError("expected run_id or query_id, step and text")
             run_id = row.get("run_id") or store.latest_for_query(str(row.get("query_id") or ""))
-            revisions.append(Revision(store.resolve_id(run_id), row["step"], row["text"]))
+            round_ = row.get("round") or 0
+            if isinstance(round_, str) and round_.isdigit():
+                round_ = int(round_)
+            if not isinstance(round_, int) or round_ < 0:
+                raise CirkitError(f"round must be a whole number, got {row.get('round')!r}")
+            revisions.append(Revision(store.resolve_id(run_id), row["step"], row["text"], round=round_))
         except CirkitError as exc:
             problems.append(f"{path.name} line {line}: {exc}")
     if problems and not partial:

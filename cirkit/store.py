@@ -32,7 +32,7 @@ def default_data_dir() -> Path:
 
 @dataclass
 class StepRecord:
-    position: int
+    position: int  # order of execution in the run (the step's place in the pipeline, unless a loop repeated steps)
     name: str
     kind: str
     status: str
@@ -49,10 +49,11 @@ class StepRecord:
     # {"input": n, "output": n}: this query's share of the tokens the step's model calls read and wrote
     # (kept with a cached output, whose origin says it was not spent again); None: no model call counted
     tokens: dict[str, int] | None = None
+    round: int = 0  # the loop round it ran in; 0 outside loops
 
     @classmethod
-    def from_cache(cls, data: dict[str, Any], *, position: int, name: str) -> StepRecord:
-        return cls(**{**data, "position": position, "name": name, "origin": "cache", "seconds": 0.0})
+    def from_cache(cls, data: dict[str, Any], *, position: int, name: str, round: int = 0) -> StepRecord:
+        return cls(**{**data, "position": position, "name": name, "origin": "cache", "seconds": 0.0, "round": round})
 
 
 @dataclass
@@ -73,10 +74,14 @@ class RunRecord:
     change: dict[str, Any] | None = None
     overrides: dict[str, Any] | None = None  # what the command line replaced: {"models": {...}, "prompts": {...}}
 
-    def step(self, name: str) -> StepRecord:
-        for step in self.steps:
-            if step.name == name:
-                return step
+    def step(self, name: str, round: int | None = None) -> StepRecord:
+        """The step's record: of the given loop round, else of the last round it ran."""
+        matches = [step for step in self.steps if step.name == name and (round is None or step.round == round)]
+        if matches:
+            return matches[-1]
+        if round is not None and any(step.name == name for step in self.steps):
+            ran = sorted({step.round for step in self.steps if step.name == name})
+            raise CirkitError(f"run {self.id}: step '{name}' has no round {round} (it ran rounds {', '.join(map(str, ran))})")
         raise CirkitError(f"run {self.id} has no step '{name}' (steps: {', '.join(s.name for s in self.steps)})")
 
     def to_dict(self, with_pipeline_text: bool = False) -> dict[str, Any]:
@@ -173,6 +178,7 @@ class RunStore:
             "error": step.error,
             "origin": step.origin,
             "tokens": _dumps(step.tokens) if step.tokens else None,
+            "round": step.round,
         })
 
     def cache_get(self, key: str) -> dict[str, Any] | None:
@@ -180,7 +186,7 @@ class RunStore:
         return json.loads(row["record"]) if row else None
 
     def cache_put(self, key: str, step: StepRecord) -> None:
-        record = {k: v for k, v in vars(step).items() if k not in ("position", "name", "origin")}
+        record = {k: v for k, v in vars(step).items() if k not in ("position", "name", "origin", "round")}
         _insert(self.db, "cache", {"key": key, "record": _dumps(record), "created_at": _now()}, or_replace=True)
 
     def finish_run(self, run_id: str, *, results: list[dict[str, Any]] | None, error: str | None) -> None:
@@ -217,6 +223,7 @@ class RunStore:
                 error=s["error"],
                 origin=s["origin"],
                 tokens=json.loads(s["tokens"]) if s["tokens"] else None,
+                round=s["round"],
             )
             for s in self.db.execute("SELECT * FROM steps WHERE run_id=? ORDER BY position", (run_id,))
         ]

@@ -63,11 +63,12 @@ def test_a_0_1_store_upgrades_in_place_and_keeps_everything(store_0_1):
     store = RunStore(store_0_1)
     assert _version(store.path) == latest_version() == len(migrations.MIGRATIONS) >= 2
     after = _rows(store.path)
-    added = {"runs": {"overrides"}, "experiments": {"sweep_id", "setting", "repeat"}, "steps": {"tokens"}}
-    for table in TABLES:  # every row and value kept; the columns added since are empty
+    added = {"runs": {"overrides": None}, "experiments": dict.fromkeys(("sweep_id", "setting", "repeat")),
+             "steps": {"tokens": None, "round": 0}}
+    for table in TABLES:  # every row and value kept; the columns added since are empty (or their default)
         extra = [{k: v for k, v in row.items() if k not in before[table][0]} for row in after[table]]
         assert [{k: row[k] for k in before[table][0]} for row in after[table]] == before[table], table
-        assert all(e == dict.fromkeys(added.get(table, ())) for e in extra), table
+        assert all(e == added.get(table, {}) for e in extra), table
     assert len(before["runs"]) == 3 and len(before["steps"]) == 10 and len(before["cache"]) == 2
 
     listed = store.list()

@@ -103,7 +103,8 @@ def runs_show(
         if step.error:
             lines.append(f"[red]error: {escape(step.error)}[/red]")
         origin = {"cache": " from cache", "copied": " copied from parent", "edited": " EDITED BY HAND"}.get(step.origin, "")
-        title = f"{step.position + 1}. {step.name} ({step.kind}) {step.status}{origin} {step.seconds:.2f}s"
+        in_round = f" round {step.round}" if step.round else ""
+        title = f"{step.position + 1}. {step.name}{in_round} ({step.kind}) {step.status}{origin} {step.seconds:.2f}s"
         if step.tokens:
             title += f", {step.tokens['input']} + {step.tokens['output']} tokens"
         stdout.print(Panel("\n".join(lines), title=title, title_align="left"))
@@ -141,16 +142,23 @@ def _verdict_line(v: dict[str, Any]) -> str:
 def runs_edit(
     ctx: typer.Context,
     run_id: Annotated[str, typer.Argument(help="The run to fix.")],
-    step: Annotated[str, typer.Argument(help="The step whose text to replace (e.g. caption, rewrite).")],
+    step: Annotated[str, typer.Argument(help="The step whose text (or image) to replace (e.g. caption, rewrite, edit).")],
     text: Annotated[Optional[str], typer.Option("--text", help="The new text.")] = None,
-    file: Annotated[Optional[Path], typer.Option("--file", help="Read the new text from a file.")] = None,
+    file: Annotated[Optional[Path], typer.Option("--file", help="Read the new text from a file; for a step that makes an image, the new image.")] = None,
+    round_: Annotated[int, typer.Option("--round", min=0, help="For a step in a loop: the round to edit (0 is the first).")] = 0,
     no_cache: NoCache = False,
 ) -> None:
     """Replace a step's output by hand and re-run what follows, as a new run linked to the original."""
+    from cirkit.components import COMPONENTS
     from cirkit.revise import Revision, revise
 
     store = open_store(ctx)
     run = store.get(run_id)
+    component = COMPONENTS.get(run.step(step).kind)
+    if file is not None and text is None and component is not None and component.editable_image:
+        (new_id,) = revise(store, [Revision(run.id, step, round=round_, image=file)], use_cache=not no_cache, progress=True)
+        _report_new_run(store, run.id, new_id)
+        return
     if text is None and file is None:
         text = _edit_in_editor(run, step)
     elif file is not None:
@@ -160,7 +168,7 @@ def runs_edit(
             text = file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise CirkitError(f"cannot read {file}: {one_line(exc)}") from None
-    (new_id,) = revise(store, [Revision(run.id, step, text)], use_cache=not no_cache, progress=True)
+    (new_id,) = revise(store, [Revision(run.id, step, text, round=round_)], use_cache=not no_cache, progress=True)
     _report_new_run(store, run.id, new_id)
 
 
@@ -169,6 +177,7 @@ def runs_rerun(
     ctx: typer.Context,
     run_id: Annotated[str, typer.Argument(help="The run to re-run.")],
     from_step: Annotated[Optional[str], typer.Option("--from", help="Re-run this step and those after it (default: the first).")] = None,
+    round_: Annotated[int, typer.Option("--round", min=0, help="For a step in a loop: the round to re-run from (0 is the first).")] = 0,
     prompt: PromptSwaps = None,
     pipeline: Annotated[Optional[str], typer.Option("--pipeline", "-p", help="Another pipeline file or built-in name (default: the text stored with the run).")] = None,
     no_cache: NoCache = False,
@@ -182,7 +191,7 @@ def runs_rerun(
     run = store.get(run_id)
     swaps = parse_prompt_swaps(prompt or [])
     (new_id,) = revise(
-        store, [Revision(run.id, from_step)], pipeline=pipeline, prompts=swaps, model_overrides=parse_model_overrides(model),
+        store, [Revision(run.id, from_step, round=round_)], pipeline=pipeline, prompts=swaps, model_overrides=parse_model_overrides(model),
         use_cache=not no_cache, progress=True,
     )
     _report_new_run(store, run.id, new_id)

@@ -46,6 +46,8 @@ class Component:
     cacheable: ClassVar[bool] = True
     # The text output a person may edit by hand (`cirkit runs edit`); None when there is none
     editable: ClassVar[str | None] = None
+    # The image output a person may replace by hand (`cirkit runs edit STEP --file new.png`); None when there is none
+    editable_image: ClassVar[str | None] = None
     Params: ClassVar[type[BaseModel]] = NoParams
 
     def __init__(self, params: BaseModel, *, model: Any = None, prompts: list[Any] = (), index: Any = None):
@@ -71,6 +73,21 @@ class Component:
         """The outputs for a text (or texts) given by hand or from a file instead of a model."""
         text = value if isinstance(value, str) else value[0]
         return {cls.editable: text}
+
+
+def amended(modification: str, suggestion: str | None, form: str) -> str:
+    """The modification with a critic's suggestion joined to it by `form` ("{modification} and {suggestion}."),
+    or unchanged when there is no suggestion."""
+    if not suggestion or not suggestion.strip():
+        return modification
+    return form.format(modification=modification, suggestion=suggestion.strip())
+
+
+def check_amend_form(form: str) -> str:
+    """A pydantic validator: the form must place both the modification and the suggestion."""
+    if "{modification}" not in form or "{suggestion}" not in form:
+        raise ValueError("must contain {modification} and {suggestion}")
+    return form
 
 
 def clean_text(text: str) -> str:

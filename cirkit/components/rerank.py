@@ -8,16 +8,18 @@ log-probabilities where the engine gives them, else the answer parsed: yes = 1, 
 
     retrieval score + weight * verifier score
 
-and the top K are sorted by that; candidates below K keep their order after them. An answer that
+and the top K are sorted by that (with `sort_by: verifier`, by the verifier score alone, the
+retrieval score breaking ties); candidates below K keep their order after them. An answer that
 is neither yes/no nor a number leaves the candidate its retrieval score, and the trace says so.
-All pairs of a batch of queries go to the model together.
+All pairs of a batch of queries go to the model together. The step's `confidence` is the highest
+verifier score, for a condition or loop on how sure the judge is.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -34,6 +36,7 @@ _NUMBER = re.compile(r"(?<![\w.-])(\d+(?:\.\d+)?)\s*(%|/\s*10\b|/\s*100\b|out of
 class RerankParams(GenerationParams):
     k: int = Field(20, ge=1, le=1000)  # candidates judged per query
     weight: float = Field(1.0, ge=0.0, le=100.0)  # final = retrieval score + weight * verifier score
+    sort_by: Literal["score", "verifier"] = "score"  # verifier: the judge's score alone orders the top K
     # show the reference image too; None: when the model takes several images per prompt
     show_reference: bool | None = None
     max_new_tokens: int = Field(8, ge=1, le=32768)
@@ -49,7 +52,7 @@ class Rerank(Component):
         "description": Port("text", "description"),
         "results": Port("results", "results"),
     }
-    outputs = {"results": "results", "verdicts": "verdicts"}
+    outputs = {"results": "results", "verdicts": "verdicts", "confidence": "score"}
     model_types = ("vlm",)
     prompt_variables = ("modification", "description")
     Params = RerankParams
@@ -98,7 +101,8 @@ class Rerank(Component):
             result.notes.extend(
                 f"#{v['rank']} {v['path']}: {v['note']}: kept its retrieval score" for v in verdicts if v["note"]
             )
-            result.outputs["results"] = _reorder(item["results"], verdicts, self.params.weight)
+            result.outputs["results"] = _reorder(item["results"], verdicts, self.params.weight, self.params.sort_by)
+            result.outputs["confidence"] = top_verifier_score(verdicts)
         return results
 
     def _judge(self, requests: list[GenerationRequest]):
@@ -130,6 +134,11 @@ def verifier_score(text: str, logprobs: dict[str, float] | None) -> tuple[float 
     return None, "unparsed"
 
 
+def top_verifier_score(verdicts: list[dict[str, Any] | None]) -> float | None:
+    """The highest verifier score among the judged candidates: how sure the judge is of its best one."""
+    return max((v["verifier"] for v in verdicts if v and v["verifier"] is not None), default=None)
+
+
 def _judged(hit: dict[str, Any], answer) -> dict[str, Any]:
     score, source = verifier_score(answer.text, answer.logprobs)
     note = f"answer {answer.text[:80]!r} is neither yes/no nor a number" if score is None else None
@@ -140,12 +149,15 @@ def _verdict(hit: dict[str, Any], answer: str | None, score: float | None, sourc
     return {"rank": hit["rank"], "path": hit["path"], "answer": answer, "verifier": score, "source": source, "note": note}
 
 
-def _reorder(ranked: list[dict[str, Any]], verdicts: list[dict[str, Any]], weight: float) -> list[dict[str, Any]]:
+def _reorder(ranked: list[dict[str, Any]], verdicts: list[dict[str, Any]], weight: float, sort_by: str = "score") -> list[dict[str, Any]]:
     judged = []
     for hit, verdict in zip(ranked, verdicts):
         bonus = weight * verdict["verifier"] if verdict["verifier"] is not None else 0.0
         verdict["retrieval_score"] = hit["score"]
         verdict["score"] = hit["score"] + bonus
         judged.append({**hit, "retrieval_score": hit["score"], "score": verdict["score"], "verifier": verdict["verifier"]})
-    judged.sort(key=lambda h: -h["score"])
+    if sort_by == "verifier":
+        judged.sort(key=lambda h: (-(h["verifier"] if h["verifier"] is not None else -1.0), -h["retrieval_score"]))
+    else:
+        judged.sort(key=lambda h: -h["score"])
     return [{**hit, "rank": r + 1} for r, hit in enumerate(judged + ranked[len(verdicts) :])]

@@ -18,6 +18,7 @@ VALUE_TYPES: dict[str, str] = {
     "propositions": "atomic yes/no statements the target image should satisfy",
     "sources": "where each text of a list came from (template, sample)",
     "candidates": "gallery images a benchmark gives a query: {paths, only} (rank only them, or them too)",
+    "score": "one number per query that conditions and loops test (e.g. the judge's top P(yes))",
 }
 
 # A wire may also carry a value into an input of a wider type: one text is a list of one text.

@@ -11,6 +11,7 @@ log-probabilities where the engine gives them, else the parsed answer (yes 1, no
 and the top K are sorted by score; candidates below K keep their order after them. Every
 (query, candidate, proposition) check of a batch of queries goes to the model together; each
 verdict keeps its checks (proposition, answer, P(yes), its source and the log-probabilities).
+The step's `confidence` is the highest share.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 from pydantic import Field
 
 from cirkit.components.base import Component, ItemResult, generate_keeping_answers
-from cirkit.components.rerank import PAIRS_PER_CALL, _reorder, verifier_score
+from cirkit.components.rerank import PAIRS_PER_CALL, _reorder, top_verifier_score, verifier_score
 from cirkit.components.values import Port
 from cirkit.engines.base import GenerationParams, GenerationRequest
 from cirkit.errors import ImageError
@@ -38,7 +39,7 @@ class Verify(Component):
     kind = "verify"
     description = "Check each proposition on each top-K candidate with a VLM (yes/no); reorder by the share that hold."
     inputs = {"propositions": Port("propositions", "propositions"), "results": Port("results", "results")}
-    outputs = {"results": "results", "verdicts": "verdicts"}
+    outputs = {"results": "results", "verdicts": "verdicts", "confidence": "score"}
     model_types = ("vlm",)
     prompt_variables = ("proposition",)
     Params = VerifyParams
@@ -90,6 +91,7 @@ class Verify(Component):
             verdicts = result.outputs["verdicts"]
             result.notes.extend(f"#{v['rank']} {v['path']}: {v['note']}: kept its retrieval score" for v in verdicts if v["note"])
             result.outputs["results"] = _reorder(item["results"], verdicts, self.params.weight)
+            result.outputs["confidence"] = top_verifier_score(verdicts)
         return results
 
 

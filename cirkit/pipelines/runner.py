@@ -41,13 +41,15 @@ class Query:
 
 @dataclass
 class Prefilled:
-    """For a re-run: the steps before `start` are taken from a stored run (possibly edited by hand)."""
+    """For a re-run: the step records before the pipeline's step `start` (of loop round `round`) are
+    taken from a stored run (possibly edited by hand)."""
 
     start: int
     steps: list[StepRecord]
     values: dict[str, Any]
     parent_id: str
     change: dict[str, Any]
+    round: int = 0
 
 
 def run_queries(
@@ -102,14 +104,24 @@ def run_queries(
             ctx.update(live_values(pre.values))
         run_ids.append(run_id)
     failures: list[str] = []
+    steps = pipeline.steps
+    at = [pre.start if pre else 0 for pre in prefilled]  # each query's next step
+    rounds = [pre.round if pre else 0 for pre in prefilled]  # each query's loop round
+    seq = [len(pre.steps) if pre else 0 for pre in prefilled]  # each run's step records so far
     live = list(range(len(queries)))
-    for position, step in enumerate(pipeline.steps):
-        todo = [i for i in live if prefilled[i] is None or position >= prefilled[i].start]
+    while waiting := [i for i in live if at[i] < len(steps)]:
+        position = min(at[i] for i in waiting)  # queries a loop sent back run before those past it
+        step = steps[position]
+        todo = [i for i in waiting if at[i] == position]
+        todo = _skip_unmet(step, position, todo, contexts, rounds, at, seq, run_ids, store, tell)
         if not todo:
             continue
         params = step.component.for_request(step.params, k=k)
         if step.given:
-            live = _take_given(step, position, todo, live, contexts, run_ids, store, failures, tell)
+            ok = _take_given(step, todo, contexts, run_ids, store, failures, tell, seq)
+            live = sorted(set(live) - set(todo) | set(ok))
+            for i in ok:
+                at[i] = position + 1
             continue
         items = {i: {name: contexts[i][source] if source else None for name, source in step.inputs.items()} for i in todo}
         hashed = step_hash(pipeline.model_for(step), step, params) if step.component.cacheable else None  # once per step, not per query
@@ -128,15 +140,14 @@ def run_queries(
                 results = dict(zip(misses, answers))
             share = (time.perf_counter() - start) / len(misses)
             tokens = dict(zip(misses, usage.shares(len(misses))))
-        still_live = [i for i in live if i not in todo]
         for i in todo:
-            tell("step", {"run_id": run_ids[i], "step": step.name})
+            round_ = rounds[i] if step.in_loop else 0
             if i in cached:
-                record = StepRecord.from_cache(cached[i], position=position, name=step.name)
+                record = StepRecord.from_cache(cached[i], position=seq[i], name=step.name, round=round_)
             else:
                 result = results[i]
                 record = StepRecord(
-                    position=position,
+                    position=seq[i],
                     name=step.name,
                     kind=step.kind,
                     status="failed" if result.error else "ok",
@@ -150,20 +161,25 @@ def run_queries(
                     seconds=share,
                     error=result.error,
                     tokens=tokens.get(i),
+                    round=round_,
                 )
                 if keys and not result.error:
                     store.cache_put(keys[i], record)
-            store.add_step(run_ids[i], record)
             if record.error:
+                tell("step", {"run_id": run_ids[i], "step": step.name})
+                store.add_step(run_ids[i], record)
                 error = f"step '{step.name}' failed: {record.error}"
                 store.finish_run(run_ids[i], results=None, error=error)
                 failures.append(f"{error} (run {run_ids[i]})")
-            else:
-                for name, value in live_values(record.outputs).items():
-                    contexts[i][name] = value
-                    contexts[i][f"{step.name}.{name}"] = value
-                still_live.append(i)
-        live = sorted(still_live)
+                live.remove(i)
+                continue
+            contexts[i].update(step.published(live_values(record.outputs)))
+            at[i] = position + 1
+            if step.in_loop and position == step.in_loop.last:
+                record.notes.append(_next_round(step.in_loop, i, contexts, rounds, at))
+            tell("step", {"run_id": run_ids[i], "step": step.name})
+            store.add_step(run_ids[i], record)
+            seq[i] += 1
     for i in live:
         store.finish_run(run_ids[i], results=_without(contexts[i].get("results"), queries[i].exclude), error=None)
     if failures and raise_on_failure:
@@ -196,10 +212,59 @@ def run_step(step, params, model_spec, models: ModelPool, items: list[dict[str, 
         return model_info, [ItemResult(error=f"{type(exc).__name__}: {one_line(exc)}") for _ in items]
 
 
-def _take_given(step, position, todo, live, contexts, run_ids, store, failures, tell) -> list[int]:
-    """A step whose texts come from a file: keyed by query id, else reference image name or stem."""
+def _skip_unmet(step, position, todo, contexts, rounds, at, seq, run_ids, store, tell) -> list[int]:
+    """The queries that run the step. A query that does not meet the step's `when`, or the `while` of
+    the loop the step opens (tested on entering; a query sent back by the loop met it already), gets a
+    skipped record saying why and moves past the step, or past the loop."""
+    run = []
+    for i in todo:
+        unmet = None
+        if step.loop is not None and rounds[i] == 0:
+            met, why = step.loop.condition.holds(contexts[i])
+            if not met:
+                unmet = f"loop not entered: {why}"
+                at[i] = step.loop.last + 1
+        if unmet is None and step.when is not None:
+            met, why = step.when.holds(contexts[i])
+            if not met:
+                unmet = f"skipped: {why}"
+                at[i] = position + 1
+        if unmet is None:
+            run.append(i)
+            continue
+        record = StepRecord(
+            position=seq[i], name=step.name, kind=step.kind, status="skipped", model=None, params={}, templates=[],
+            prompts=[], raw=[], outputs={}, notes=[unmet], seconds=0.0, error=None, round=rounds[i] if step.in_loop else 0,
+        )
+        if step.in_loop and position == step.in_loop.last and at[i] == position + 1:
+            record.notes.append(_next_round(step.in_loop, i, contexts, rounds, at))
+        tell("step", {"run_id": run_ids[i], "step": step.name})
+        store.add_step(run_ids[i], record)
+        seq[i] += 1
+    return run
+
+
+def _next_round(loop, i, contexts, rounds, at) -> str:
+    """At the end of a loop's round: send the query back for another round while the condition holds
+    and the bound allows; returns the line for the trace."""
+    met, why = loop.condition.holds(contexts[i])
+    done = rounds[i] + 1
+    if not met:
+        at[i] = loop.last + 1
+        return f"loop ends after {done} round(s): {why}"
+    if done >= loop.max_rounds:
+        at[i] = loop.last + 1
+        return f"loop ends at its bound, {loop.max_rounds} round(s): {why}"
+    rounds[i] += 1
+    at[i] = loop.first
+    return f"round {done + 1} of at most {loop.max_rounds}: {why}"
+
+
+def _take_given(step, todo, contexts, run_ids, store, failures, tell, seq) -> list[int]:
+    """A step whose texts come from a file, keyed by query id, else reference image name or stem;
+    returns the queries that got theirs."""
     source, texts = step.given
-    still_live = [i for i in live if i not in todo]
+    ok = []
     for i in todo:
         image = Path(contexts[i]["_image_path"])
         key = next((k for k in (contexts[i].get("_query_id"), image.name, image.stem) if k is not None and k in texts), None)
@@ -209,21 +274,20 @@ def _take_given(step, position, todo, live, contexts, run_ids, store, failures, 
         else:
             error, outputs = None, step.component.given_outputs(texts[key])
         record = StepRecord(
-            position=position, name=step.name, kind=step.kind, status="failed" if error else "ok", model=None,
+            position=seq[i], name=step.name, kind=step.kind, status="failed" if error else "ok", model=None,
             params={}, templates=[], prompts=[], raw=[], outputs=outputs, notes=[f"given: {source} [{key}]"] if key else [],
             seconds=0.0, error=error, origin="given",
         )
         tell("step", {"run_id": run_ids[i], "step": step.name})
         store.add_step(run_ids[i], record)
+        seq[i] += 1
         if error:
             store.finish_run(run_ids[i], results=None, error=f"step '{step.name}' failed: {error}")
             failures.append(f"step '{step.name}' failed: {error} (run {run_ids[i]})")
             continue
-        for name, value in outputs.items():
-            contexts[i][name] = value
-            contexts[i][f"{step.name}.{name}"] = value
-        still_live.append(i)
-    return sorted(still_live)
+        contexts[i].update(step.published(outputs))
+        ok.append(i)
+    return ok
 
 
 def _uses_image(pipeline: Pipeline, start: int) -> bool:

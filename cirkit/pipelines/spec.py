@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from cirkit.components import COMPONENTS, QUERY_VALUES
 from cirkit.components.values import accepts
 from cirkit.errors import CirkitError, one_line
+from cirkit.pipelines.control import MAX_ROUNDS, Condition, Loop, LoopSpec
 from cirkit.prompts import Prompt, load_prompt
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
@@ -110,7 +111,7 @@ class ModelSpec(BaseModel):
 
 
 class StepSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
     name: str
     kind: str
     model: str | None = None
@@ -120,6 +121,11 @@ class StepSpec(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     # take the step's texts from a JSON file {query id or reference image name: text or [texts]}
     given: str | None = None
+    when: str | None = None  # run only for the queries meeting this condition (cirkit.pipelines.control)
+    loop: LoopSpec | None = None  # open a group of steps repeated per query while a condition holds
+    # publish outputs under other names: {results: text_results} makes `text_results` the latest such value
+    # (STEP.results still names this step's own)
+    as_: dict[str, str] = Field(default_factory=dict, alias="as")
 
 
 class PipelineFile(BaseModel):
@@ -135,7 +141,7 @@ class Step:
 
     def __init__(
         self, spec: StepSpec, params: BaseModel, prompts: list[Prompt], inputs: dict[str, str],
-        given: tuple[str, dict[str, Any]] | None = None,
+        given: tuple[str, dict[str, Any]] | None = None, when: Condition | None = None,
     ):
         self.spec = spec
         self.name = spec.name
@@ -145,6 +151,17 @@ class Step:
         self.prompts = prompts
         self.inputs = inputs
         self.given = given  # (file, {key: text or [texts]}) when the step's texts come from a file
+        self.when = when
+        self.loop: Loop | None = None  # set on the step that opens a loop
+        self.in_loop: Loop | None = None  # set on every step of a loop
+
+    def published(self, outputs: dict[str, Any]) -> dict[str, Any]:
+        """The names later steps read the outputs by: each under its own (or `as`) name, and as STEP.OUTPUT."""
+        named = {}
+        for name, value in outputs.items():
+            named[self.spec.as_.get(name, name)] = value
+            named[f"{self.name}.{name}"] = value
+        return named
 
 
 class Pipeline:
@@ -176,6 +193,10 @@ class Pipeline:
                 h.update(f"\x00{step.name}\x00{prompt.text}".encode())
         return h.hexdigest()
 
+    @property
+    def loops(self) -> list[Loop]:
+        return [step.loop for step in self.steps if step.loop]
+
     def model_for(self, step: Step) -> ModelSpec | None:
         return self.models[step.spec.model] if step.spec.model else None
 
@@ -201,8 +222,17 @@ class Pipeline:
                 inputs[name] = {"from": origin, "type": types.get(source, step.component.inputs[name].type)}
             outputs = dict(step.component.outputs)
             for name, value_type in outputs.items():
-                producers[name] = producers[f"{step.name}.{name}"] = f"{step.name}.{name}"
-                types[name] = types[f"{step.name}.{name}"] = value_type
+                bare = step.spec.as_.get(name, name)
+                made = f"{step.name}.{name}"
+                earlier = producers.get(bare, "")
+                if bare != name or (earlier and step.in_loop and not earlier.startswith("query.")):
+                    # read by a bare name several steps make: the latest made, which depends on the query's path
+                    made_by = [p for p in earlier.removeprefix("latest of ").split(", ") if p and not p.startswith("query.")]
+                    producers[bare] = "latest of " + ", ".join([*made_by, made]) if made_by else made
+                else:
+                    producers[bare] = made
+                producers[made] = made
+                types[bare] = types[made] = value_type
             model = self.model_for(step)
             out.append({
                 "step": step.name, "kind": step.kind, "model": step.spec.model,
@@ -386,11 +416,60 @@ def validate_pipeline(
             component.check(params, wiring)
         except ValueError as exc:
             raise CirkitError(f"{where}: {exc}") from None
+        when = _condition(spec_step.when, available, f"{where}: field 'when'") if spec_step.when is not None else None
+        if spec_step.loop is not None:
+            _condition(spec_step.loop.while_, available, f"{where}: field 'loop.while'")
+        for out, alias in spec_step.as_.items():
+            if out not in component.outputs:
+                raise CirkitError(f"{where}: field 'as': a {spec_step.kind} step has no output '{out}' (its outputs: {', '.join(component.outputs)})")
+            if not alias.isidentifier() or alias in QUERY_VALUES:
+                raise CirkitError(f"{where}: field 'as.{out}': '{alias}' must be a plain name, not one of the query's values")
         for out, value_type in component.outputs.items():
-            available[out] = available[f"{spec_step.name}.{out}"] = value_type
-        steps.append(Step(spec_step, params, prompts, wiring, given))
+            available[spec_step.as_.get(out, out)] = available[f"{spec_step.name}.{out}"] = value_type
+        steps.append(Step(spec_step, params, prompts, wiring, given, when))
+    _attach_loops(steps, source)
     overrides = {key: value for key, value in (("models", model_overrides), ("prompts", prompt_overrides), ("benchmark", benchmark)) if value}
     return Pipeline(spec, steps, source, text, overrides or None)
+
+
+def _condition(text: str, available: dict[str, str], where: str) -> Condition:
+    try:
+        condition = Condition.parse(text)
+    except ValueError as exc:
+        raise CirkitError(f"{where}: {exc}") from None
+    scores = sorted(name for name, value_type in available.items() if value_type == "score")
+    if condition.value not in available:
+        raise CirkitError(f"{where}: no earlier step makes '{condition.value}' (values a condition can test: {', '.join(scores) or 'none'})")
+    if available[condition.value] != "score":
+        raise CirkitError(
+            f"{where}: '{condition.value}' is of type {available[condition.value]}; a condition tests a score "
+            f"(available: {', '.join(scores) or 'none'})"
+        )
+    return condition
+
+
+def _attach_loops(steps: list[Step], source: str) -> None:
+    """Resolve each `loop:` to the positions it spans; loops may neither overlap nor nest."""
+    names = [step.name for step in steps]
+    for first, step in enumerate(steps):
+        spec = step.spec.loop
+        if spec is None:
+            continue
+        where = f"{source}: step '{step.name}': field 'loop"
+        if spec.max_rounds is None:
+            raise CirkitError(f"{where}.max_rounds': a loop needs a bound: the most rounds a query may run (1..{MAX_ROUNDS})")
+        if not 1 <= spec.max_rounds <= MAX_ROUNDS:
+            raise CirkitError(f"{where}.max_rounds': {spec.max_rounds} is out of range (1..{MAX_ROUNDS})")
+        if spec.through not in names or names.index(spec.through) < first:
+            raise CirkitError(f"{where}.through': '{spec.through}' is not this step or a later one (later steps: {', '.join(names[first:])})")
+        loop = Loop(first, names.index(spec.through), Condition.parse(spec.while_), spec.max_rounds)
+        step.loop = loop
+        for inner in steps[loop.first : loop.last + 1]:
+            if inner.in_loop is not None:
+                raise CirkitError(f"{where}': step '{inner.name}' is already in the loop opened by '{steps[inner.in_loop.first].name}'; loops may not overlap")
+            if inner.given is not None:
+                raise CirkitError(f"{where}': step '{inner.name}' takes its texts from a file, which a loop cannot repeat")
+            inner.in_loop = loop
 
 
 def _with_models(data: dict[str, Any], overrides: dict[str, dict[str, Any]], source: str) -> dict[str, Any]:
