@@ -382,3 +382,127 @@ def test_square_judges_one_grid_per_query_and_keeps_the_order_when_no_cell_is_na
     assert "names no cell 1..9" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     failed = _show(cli, json.loads(cli("runs", "list", "--json").stdout)[0]["id"])
     assert failed["status"] == "failed" and [s["status"] for s in failed["steps"]] == ["ok"] * 5 + ["failed"]
+
+
+# --- wiser: two paths, a verifier, a critic-refine loop per uncertain path, fusion by summed P(yes) ---
+
+@pytest.fixture(scope="module")
+def wiser_setup(tiny_models, tiny_judge, tiny_editor, gallery, tmp_path_factory):
+    """The `wiser` built-in on the tiny models, over an index with gallery captions (the critic reads them)."""
+    from cirkit.api import index_folder
+    from cirkit.engines import ModelPool
+    from cirkit.pipelines import load_pipeline
+    from cirkit.pipelines.gallery_captions import caption_gallery
+
+    root = tmp_path_factory.mktemp("wiser")
+    pipeline = _small(root, "wiser", **{
+        "max_new_tokens: 30,": "max_new_tokens: 6,",
+        "steps: 50, true_cfg_scale: 4.0, size: 1024,": "steps: 2, true_cfg_scale: 4.0, size: 32,",
+        "max_new_tokens: 1000,": "max_new_tokens: 8,",
+        "max_new_tokens: 256,": "max_new_tokens: 8,",
+        # every path uncertain, so both loops run
+        "while: text_confidence <= 0.7": "while: text_confidence <= 1.5",
+        "while: image_confidence <= 0.7": "while: image_confidence <= 1.5",
+    })
+    overrides = {
+        "captioner": {"id": str(tiny_models.blip2), "dtype": "float32"},
+        "llm": {"id": str(tiny_models.llm), "dtype": "float32"},
+        "critic": {"id": str(tiny_models.llm), "dtype": "float32"},
+        "editor": {"id": str(tiny_editor)},
+        "verifier": {"id": str(tiny_judge), "dtype": "float32"},
+        "clip": {"name": str(tiny_models.clip_config), "pretrained": str(tiny_models.clip_checkpoint)},
+    }
+    index = root / "idx"
+    index_folder(gallery, index, pipeline=pipeline, model_overrides=overrides)
+    caption_gallery(index, load_pipeline(pipeline, model_overrides=overrides), ModelPool(), progress=False)
+    return pipeline, index, [a for name, entry in overrides.items() for a in ("--model", f"{name}={json.dumps(entry)}")]
+
+
+def test_wiser_judges_both_paths_refines_uncertain_ones_and_fuses_by_summed_p_yes(cli, gallery, wiser_setup):
+    pipeline, index, models = wiser_setup
+    run = _query(cli, index, gallery / "img0004.jpg", pipeline, *models, "-k", "100")
+    stored = _show(cli, run["id"])
+    assert [(s["name"], s["status"]) for s in stored["steps"]] == [(name, "ok") for name in (
+        "caption", "rewrite", "embed_text", "search_text", "verify_text", "edit", "embed_edit", "search_image", "verify_image",
+        "critique_text", "rewrite_again", "embed_text_again", "search_text_again", "verify_text_again",
+        "critique_image", "edit_again", "embed_edit_again", "search_image_again", "verify_image_again", "fuse")]
+    steps = {s["name"]: s for s in stored["steps"]}
+    caption = steps["caption"]["outputs"]["caption"]
+
+    # the verifier sees the reference and each of a path's top 50 (the whole 30-image gallery here)
+    verify = steps["verify_text"]
+    assert verify["prompts"][0]["images"] == ["reference", "candidate"] and len(verify["outputs"]["verdicts"]) == 30
+    assert 'Requested change to image 1: "make it red"' in verify["prompts"][0]["messages"][-1]["content"]
+    # the path's list in order of P(yes), its confidence the best one
+    p_yes = [h["verifier"] for h in verify["outputs"]["results"]]
+    assert p_yes == sorted(p_yes, reverse=True) and verify["outputs"]["confidence"] == p_yes[0]
+
+    # the critic read the reference caption, the modification and the gallery caption of the path's best candidate
+    critique = steps["critique_text"]
+    best = verify["outputs"]["results"][0]["path"]
+    assert len(critique["outputs"]["documents"]) == 1 and critique["outputs"]["documents"][0] in critique["prompts"][0][-1]["content"]
+    assert caption in critique["prompts"][0][-1]["content"] and "make it red" in critique["prompts"][0][-1]["content"]
+    assert steps["verify_text"]["outputs"]["results"][0]["path"] == best
+    # the caption was made again from the original one, the instruction amended by the advice
+    advice = critique["outputs"]["description"]
+    assert advice and f"Instruction: make it red and {advice}." in steps["rewrite_again"]["prompts"][0][-1]["content"]
+    assert f"Image Content: {caption}" in steps["rewrite_again"]["prompts"][0][-1]["content"]
+    # the image path: the original reference edited again with the amended text
+    image_advice = steps["critique_image"]["outputs"]["description"]
+    assert steps["edit_again"]["prompts"] == [{"images": ["reference"], "prompt": f"make it red and {image_advice}."}]
+    # each loop ended at its bound of one round, and said so
+    assert steps["verify_text_again"]["notes"][-1].startswith("loop ends at its bound, 1 round(s): text_confidence = ")
+    assert steps["verify_image_again"]["notes"][-1].startswith("loop ends at its bound, 1 round(s): image_confidence = ")
+
+    # golden: the fused ranking is the sum of the refined paths' P(yes), 0 where a path missed the image,
+    # ties to the higher single P(yes), then the text path's, then the name
+    text = {h["path"]: h["verifier"] or 0.0 for h in steps["verify_text_again"]["outputs"]["results"]}
+    image = {h["path"]: h["verifier"] or 0.0 for h in steps["verify_image_again"]["outputs"]["results"]}
+    pool = set(text) | set(image)
+    expected = sorted(pool, key=lambda p: (-(text.get(p, 0.0) + image.get(p, 0.0)), -max(text.get(p, 0.0), image.get(p, 0.0)), -text.get(p, 0.0), p))
+    assert [h["path"] for h in run["results"]] == expected
+    assert [h["score"] for h in run["results"]] == pytest.approx([text.get(p, 0.0) + image.get(p, 0.0) for p in expected])
+
+
+def test_wiser_leaves_confident_paths_alone(cli, gallery, wiser_setup, tmp_path):
+    pipeline, index, models = wiser_setup
+    sure = tmp_path / "wiser-sure.yaml"
+    sure.write_text(pipeline.read_text().replace("<= 1.5", "<= -1"))
+    run = _query(cli, index, gallery / "img0004.jpg", sure, *models, "-k", "100")
+    stored = _show(cli, run["id"])
+    assert [(s["name"], s["status"]) for s in stored["steps"]][9:] == [
+        ("critique_text", "skipped"), ("critique_image", "skipped"), ("fuse", "ok")]
+    assert stored["steps"][9]["notes"][0].startswith("loop not entered: text_confidence = ")
+    steps = {s["name"]: s for s in stored["steps"]}
+    text = {h["path"]: h["verifier"] for h in steps["verify_text"]["outputs"]["results"]}
+    image = {h["path"]: h["verifier"] for h in steps["verify_image"]["outputs"]["results"]}
+    assert [h["score"] for h in run["results"]] == pytest.approx([text[h["path"]] + image[h["path"]] for h in run["results"]])
+
+
+def test_an_edited_image_is_replaced_by_hand_and_what_follows_runs_again(cli, tmp_path, tiny_models, tiny_editor, gallery, gallery_index):
+    from PIL import Image
+
+    path = _edit_pipeline(tmp_path, tiny_models, tiny_editor)
+    run = _query(cli, gallery_index, gallery / "img0005.jpg", path, "-k", "10")
+    mine = tmp_path / "mine.png"
+    Image.new("RGB", (20, 16), (250, 10, 10)).save(mine)
+    res = cli("runs", "edit", run["id"], "edit", "--file", mine)
+    assert res.exit_code == 0, res.stderr
+    new = _show(cli, json.loads(cli("runs", "list", "--json").stdout)[0]["id"])
+    steps = {s["name"]: s for s in new["steps"]}
+    assert steps["edit"]["origin"] == "edited" and steps["embed_edited"]["origin"] == "ran"
+    from cirkit.engines.open_clip_engine import ClipModel
+    from cirkit.images import load_image
+
+    stored = steps["edit"]["outputs"]["edited_image"]["image_file"]
+    assert load_image(stored).tobytes() == load_image(mine).tobytes()
+    clip = ClipModel(str(tiny_models.clip_config), str(tiny_models.clip_checkpoint))
+    assert np.allclose(steps["embed_edited"]["outputs"]["image_vectors"][0], clip.encode_images(clip.preprocess(load_image(mine))[None])[0], atol=1e-5)
+    assert new["change"]["edited"] == "edit" and new["change"]["image"] == stored
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    before = json.loads(cli("runs", "list", "--json").stdout)
+    res = cli("runs", "edit", run["id"], "edit", "--file", broken)
+    assert res.exit_code != 0 and "broken.png" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert json.loads(cli("runs", "list", "--json").stdout) == before

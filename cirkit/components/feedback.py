@@ -4,6 +4,10 @@ The top `k` results of a first search, as text (their gallery captions, made at 
 an LLM with the query; it answers with refined target descriptions (one per template and sample),
 which a second embed and search retrieve with. Every document, rendered prompt and answer is in
 the trace; the refined description can be edited by hand and the run re-run from here.
+
+As a critic (WISER's refinement), the template asks for advice instead of a description: `done_if`
+is the phrase by which the LLM says the results are right already (its advice is then empty), and
+`fallback: answer` keeps the whole answer when it has no answer marker.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from cirkit.components.base import Component, ItemResult, generate_keeping_answers
+from cirkit.components.base import Component, ItemResult, clean_text, generate_keeping_answers
 from cirkit.components.rewrite import first_line_answer, parse_answer
 from cirkit.components.values import Port
 from cirkit.engines.base import GenerationParams, GenerationRequest
@@ -22,7 +26,9 @@ from cirkit.errors import CirkitError
 class FeedbackParams(GenerationParams):
     max_new_tokens: int = Field(128, ge=1, le=32768)
     k: int = Field(5, ge=1, le=50)  # how many top results are shown to the LLM
-    fallback: Literal["description", "error"] = "description"  # an unparsable answer: keep the first description, or fail
+    # an unparsable answer: keep the first description, the whole answer, or fail
+    fallback: Literal["description", "answer", "error"] = "description"
+    done_if: str | None = None  # a phrase in the answer that means "no change needed": the output is empty
 
 
 class Feedback(Component):
@@ -91,7 +97,13 @@ class Feedback(Component):
                         parsed, problem = parse_answer(gen.text, output.after)
                     if gen.finish_reason == "length":
                         result.notes.append(f"{label}: answer cut at max_new_tokens={self.params.max_new_tokens}")
-                    if parsed is None:
+                    if self.params.done_if and self.params.done_if.lower() in gen.text.lower():
+                        parsed = ""
+                        result.notes.append(f"{label}: the answer says '{self.params.done_if}': no change")
+                    elif parsed is None and self.params.fallback == "answer" and clean_text(gen.text):
+                        parsed = clean_text(gen.text)
+                        result.notes.append(f"{label}: the whole answer kept: {problem}")
+                    elif parsed is None:
                         if self.params.fallback == "error":
                             result.error = f"cannot parse the LLM's answer ({label}): {problem}"
                         parsed = item["description"]

@@ -4,6 +4,8 @@ With several templates (paraphrased instructions) and/or `n` samples per templat
 produces an ensemble of descriptions, template-major: template 1 sample 1..n, template 2 ...
 Given several captions (a caption step's `captions`), each caption is edited on its own, caption-major:
 the descriptions of caption 1, then of caption 2 ...; each source names its caption.
+With `suggestion` wired (a critic's advice, e.g. a feedback step in a refine loop), the template's
+{modification} is the modification amended by it, as `amend` says (WISER's refinement).
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from cirkit.components.base import Component, ItemResult, clean_text, generate_keeping_answers
+from cirkit.components.base import Component, ItemResult, amended, check_amend_form, clean_text, generate_keeping_answers
 from cirkit.components.values import Port
 from cirkit.engines.base import GenerationParams, GenerationRequest
 
@@ -30,12 +32,15 @@ class RewriteParams(GenerationParams):
     # What to retrieve with when the answer cannot be parsed: caption and modification joined, the
     # modification alone, or fail the query.
     fallback: Literal["caption+modification", "modification", "error"] = "caption+modification"
+    amend: str = "{modification} and {suggestion}."  # how a wired suggestion joins the modification
+
+    _amend = field_validator("amend")(check_amend_form)
 
 
 class Rewrite(Component):
     kind = "rewrite"
     description = "Edit the caption according to the modification text with an LLM (one or several templates, n samples)."
-    inputs = {"caption": Port("texts", "caption"), "modification": Port("text", "modification")}
+    inputs = {"caption": Port("texts", "caption"), "modification": Port("text", "modification"), "suggestion": Port("text", optional=True)}
     outputs = {"description": "text", "descriptions": "texts", "sources": "sources"}
     model_types = ("llm", "vlm")
     prompt_variables = ("caption", "modification")
@@ -50,6 +55,7 @@ class Rewrite(Component):
 
     def run(self, items: list[dict[str, Any]]) -> list[ItemResult]:
         per_caption = [[item["caption"]] if isinstance(item["caption"], str) else list(item["caption"]) for item in items]
+        items = [{**item, "modification": amended(item["modification"], item.get("suggestion"), self.params.amend)} for item in items]
         conversations = [
             [template.render(caption=caption, modification=item["modification"]) for caption in captions for template in self.prompts]
             for item, captions in zip(items, per_caption)

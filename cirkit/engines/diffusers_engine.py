@@ -26,6 +26,7 @@ class EditParams(BaseModel):
     steps: int = Field(20, ge=1, le=1000)
     guidance_scale: float = Field(7.5, ge=0.0, le=100.0)  # text guidance
     image_guidance_scale: float | None = Field(1.5, ge=0.0, le=100.0)  # pipelines that take one (InstructPix2Pix)
+    true_cfg_scale: float | None = Field(None, ge=0.0, le=100.0)  # pipelines that take one (Qwen-Image-Edit, FLUX.1 Kontext)
     size: int | None = Field(None, ge=8, le=4096)  # edit at this many pixels on the long side (None: the pipeline's default)
     seed: int = 0
     batch_size: int = Field(4, ge=1, le=256)
@@ -88,6 +89,8 @@ class DiffusersEditor:
                 }
                 if params.image_guidance_scale is not None and "image_guidance_scale" in self.accepts:
                     kwargs["image_guidance_scale"] = params.image_guidance_scale
+                if params.true_cfg_scale is not None and "true_cfg_scale" in self.accepts:
+                    kwargs["true_cfg_scale"] = params.true_cfg_scale
                 if {"height", "width"} <= self.accepts:
                     kwargs.update(height=height, width=width)
                 with torch.inference_mode():
