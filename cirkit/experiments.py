@@ -74,6 +74,14 @@ class SweepRow:
 
 
 @dataclass
+class GroupSweep:
+    """A sweep over a group's members: each member's sweep, and the settings averaged over the members."""
+
+    members: dict[str, Sweep]  # member key (fashioniq category, GeneCIS task) -> its sweep
+    average: Sweep  # rows: each setting's average over the members (mean ± sd over the repeats); id: the members' ids
+
+
+@dataclass
 class ParaphraseStudy:
     """The pipeline run with the original modifications and with each paraphrase, grouped as a sweep."""
 
@@ -155,10 +163,70 @@ def run_sweep(
     only the steps a parameter touches run again, and a sweep run again after an interruption takes
     what was done from the cache. Repeats change the seed of the steps that sample or call a hosted
     model (see cirkit.sweep.repeat_params)."""
+    plan = _plan_sweep(load(bench, data_dir, split), bench, pipeline, grid, repeats, metric, model_overrides)
+    return _run_sweep(plan, data_dir, store, index_dir=index_dir, limit=limit, batch_size=batch_size, use_cache=use_cache,
+                      progress=progress, on_experiment=on_experiment, tracker=tracker)
+
+
+def run_group_sweep(
+    bench: str,
+    data_dir: str | Path,
+    split: str,
+    *,
+    pipeline: str | Path,
+    store: RunStore,
+    grid: list[str] | None = None,
+    repeats: int = 1,
+    metric: str | None = None,
+    limit: int | None = None,
+    batch_size: int = 64,
+    use_cache: bool = True,
+    progress: bool = True,
+    model_overrides: dict[str, Any] | None = None,
+    tracker: Any = None,
+) -> GroupSweep:
+    """A sweep over every member of a group (FashionIQ's three categories, GeneCIS's tasks with split
+    `all`), one sweep per member, each setting's metrics averaged over the members as the papers
+    report them (FashionIQ R@10/50, GeneCIS R@1..3); every member's settings are validated before
+    anything runs. `limit` applies to each member."""
+    members = load_group(bench, data_dir, split)
+    protocol = next(iter(members.values())).protocol
+    keys = GROUP_KEYS[protocol]
+    if metric is not None and metric not in keys:
+        raise CirkitError(f"--metric {metric}: {bench} {split} averages only {', '.join(keys)} over its members")
+    chosen = metric or headline(protocol, dict.fromkeys(keys, 0.0))
+    plans = {key: _plan_sweep(member, member.name, pipeline, grid, repeats, chosen, model_overrides) for key, member in members.items()}
+    sweeps = {key: _run_sweep(plan, data_dir, store, limit=limit, batch_size=batch_size, use_cache=use_cache, progress=progress,
+                              tracker=tracker) for key, plan in plans.items()}
+    first = next(iter(sweeps.values()))
+    rows = []
+    for i, row in enumerate(first.rows):
+        per_repeat = [average_over({key: sweep.rows[i].experiments[r].metrics for key, sweep in sweeps.items()}, keys)
+                      for r in range(repeats)]
+        mean, sd = spread(per_repeat)
+        rows.append(SweepRow(row.setting, [e for sweep in sweeps.values() for e in sweep.rows[i].experiments], mean, sd,
+                             sum(sweep.rows[i].failed_runs for sweep in sweeps.values())))
+    best = max(range(len(rows)), key=lambda i: rows[i].metrics[chosen])
+    return GroupSweep(sweeps, Sweep("+".join(s.id for s in sweeps.values()), first.axes, repeats, chosen, rows, best))
+
+
+@dataclass
+class _SweepPlan:
+    """A sweep validated before anything runs: every setting's pipeline, per repeat."""
+
+    bench: str
+    benchmark: Benchmark
+    base: Pipeline
+    axes: list[Axis]
+    plans: list[tuple[Setting, list[Pipeline]]]
+    metric: str
+    grid: bool  # False: repeats of the pipeline as it is
+
+
+def _plan_sweep(benchmark: Benchmark, bench: str, pipeline, grid, repeats, metric, model_overrides) -> _SweepPlan:
     if repeats < 1:
         raise CirkitError(f"--repeats must be at least 1, got {repeats}")
     axes = parse_grid(grid)
-    benchmark = load(bench, data_dir, split)  # the annotations are checked before the pipeline's files
     base = load_pipeline(pipeline, model_overrides=model_overrides, benchmark=family(benchmark))
     checked = check_settings(base, axes) if grid is not None else [(Setting(), base)]
     if repeats > 1 and not any(varies(spec) for _, spec in checked):
@@ -172,25 +240,33 @@ def run_sweep(
     if chosen not in empty or isinstance(empty[chosen], bool):
         raise CirkitError(f"--metric {chosen}: {benchmark.title} reports no such metric "
                           f"(its metrics: {', '.join(k for k, v in empty.items() if isinstance(v, float))})")
-    _, prepared = _prepare(bench, data_dir, split, base, None, index_dir, limit, progress, benchmark=benchmark)
-    sweep_id = store.add_sweep(benchmark=bench, split=split, pipeline=base,
+    return _SweepPlan(bench, benchmark, base, axes, plans, chosen, grid is not None)
+
+
+def _run_sweep(plan: _SweepPlan, data_dir, store: RunStore, *, index_dir=None, limit=None, batch_size=64, use_cache=True,
+               progress=True, on_experiment=None, tracker=None) -> Sweep:
+    benchmark, base, axes, chosen = plan.benchmark, plan.base, plan.axes, plan.metric
+    split, repeats = benchmark.split, len(plan.plans[0][1])
+    _, prepared = _prepare(plan.bench, data_dir, split, base, None, index_dir, limit, progress, benchmark=benchmark)
+    sweep_id = store.add_sweep(benchmark=plan.bench, split=split, pipeline=base,
                                grid=[{"step": a.step, "param": a.param, "values": a.values} for a in axes],
                                repeats=repeats, metric=chosen)
     if tracker is not None:
-        tracker.start_sweep(sweep_id, bench, split, base, axes, repeats, chosen)
+        tracker.start_sweep(sweep_id, plan.bench, split, base, axes, repeats, chosen)
     result = None
     try:
         rows = []
-        for setting, specs in plans:
+        for setting, specs in plan.plans:
             done = []
             for r, spec in enumerate(specs):
                 if progress:
-                    stderr.print(f"setting {len(rows) + 1}/{len(plans)}: {setting.label}" + (f", repeat {r + 1}/{repeats}" if repeats > 1 else ""))
+                    stderr.print(f"{benchmark.title}: setting {len(rows) + 1}/{len(plan.plans)}: {setting.label}"
+                                 + (f", repeat {r + 1}/{repeats}" if repeats > 1 else ""))
                 exp = _evaluate(prepared, spec, store, batch_size=batch_size, use_cache=use_cache, progress=progress,
                                 sweep=(sweep_id, setting.values, r))
                 done.append(exp)
                 if tracker is not None:
-                    tracker.log_experiment(store, exp, spec, bench, split, setting=setting.values, repeat=r)
+                    tracker.log_experiment(store, exp, spec, plan.bench, split, setting=setting.values, repeat=r)
                 if on_experiment:
                     on_experiment(setting, r, exp)
             mean, sd = spread([e.metrics for e in done])

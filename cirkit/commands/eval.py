@@ -66,7 +66,7 @@ def eval_run(
     """Run a pipeline over a benchmark split in batches and score it with the official protocol."""
     from cirkit.commands.common import parse_model_overrides
     from cirkit.costs import load_prices
-    from cirkit.experiments import run_experiment, run_group, run_paraphrases, run_sweep
+    from cirkit.experiments import run_experiment, run_group, run_group_sweep, run_paraphrases, run_sweep
     from cirkit.tracking import open_tracker
 
     if paraphrases is None and (paraphrase_model or paraphrases_file):
@@ -90,7 +90,13 @@ def eval_run(
         return
     if repeats > 1:
         if bench == "fashioniq" or (bench == "genecis" and split == "all"):
-            raise CirkitError(f"--repeats runs one benchmark split: give one member of {bench} (e.g. fashioniq-dress, genecis --split focus_object)")
+            if index is not None:
+                raise CirkitError(f"--index names one gallery; {bench} --split {split} runs several: leave it out")
+            group = run_group_sweep(bench, data, split, pipeline=pipeline, store=open_store(ctx), grid=None, repeats=repeats,
+                                    limit=limit, batch_size=batch_size, use_cache=not no_cache, progress=not as_json,
+                                    model_overrides=parse_model_overrides(model), tracker=tracker)
+            _print_group_sweep(group, as_json, f"{bench} {split}", price_table)
+            return
         sweep = run_sweep(bench, data, split, pipeline=pipeline, store=open_store(ctx), grid=None, repeats=repeats,
                           index_dir=index, limit=limit, batch_size=batch_size, use_cache=not no_cache, progress=not as_json,
                           model_overrides=parse_model_overrides(model), tracker=tracker)
@@ -155,13 +161,19 @@ def eval_sweep(
     """Evaluate every setting of a parameter grid: shared steps run once, one experiment per setting, the best marked."""
     from cirkit.commands.common import parse_model_overrides
     from cirkit.costs import load_prices
-    from cirkit.experiments import run_sweep
+    from cirkit.experiments import run_group_sweep, run_sweep
     from cirkit.tracking import open_tracker
 
     price_table = load_prices(prices)
     tracker = open_tracker(mlflow, price_table)
     if bench == "fashioniq" or (bench == "genecis" and split == "all"):
-        raise CirkitError(f"a sweep runs one benchmark split: give one member of {bench} (e.g. fashioniq-dress, genecis --split focus_object)")
+        if index is not None:
+            raise CirkitError(f"--index names one gallery; {bench} --split {split} runs several: leave it out")
+        group = run_group_sweep(bench, data, split, pipeline=pipeline, store=open_store(ctx), grid=grid or [], repeats=repeats,
+                                metric=metric, limit=limit, batch_size=batch_size, use_cache=not no_cache, progress=not as_json,
+                                model_overrides=parse_model_overrides(model), tracker=tracker)
+        _print_group_sweep(group, as_json, f"{bench} {split}", price_table)
+        return
     sweep = run_sweep(bench, data, split, pipeline=pipeline, store=open_store(ctx), grid=grid or [], repeats=repeats,
                       metric=metric, index_dir=index, limit=limit, batch_size=batch_size, use_cache=not no_cache,
                       progress=not as_json, model_overrides=parse_model_overrides(model), tracker=tracker)
@@ -184,26 +196,44 @@ def _print_tokens(tokens: dict | None, prices: dict) -> None:
         stdout.print(describe(tokens, cost(tokens, prices)))
 
 
-def _print_sweep(sweep, as_json: bool, title: str, prices: dict | None = None) -> None:
+def _sweep_json(sweep, prices: dict) -> dict:
+    return {
+        "sweep": sweep.id, "repeats": sweep.repeats, "metric": sweep.metric,
+        "grid": [{"step": a.step, "param": a.param, "values": a.values} for a in sweep.axes],
+        "settings": [{"setting": row.setting.values, "experiments": [e.id for e in row.experiments], "metrics": row.metrics,
+                      "sd": row.sd, "failed_runs": row.failed_runs, "best": i == sweep.best,
+                      **_token_fields(row.tokens, prices)} for i, row in enumerate(sweep.rows)],
+        "best": sweep.rows[sweep.best].setting.values if sweep.best is not None else None,
+    }
+
+
+def _print_group_sweep(group, as_json: bool, title: str, prices: dict) -> None:
+    """Each member's sweep, then every setting averaged over the members."""
+    if as_json:
+        average = _sweep_json(group.average, prices)
+        del average["sweep"]
+        print(json.dumps({"members": {key: _sweep_json(sweep, prices) for key, sweep in group.members.items()}, "average": average}))
+        return
+    for key, sweep in group.members.items():
+        _print_sweep(sweep, False, f"{title.split()[0]} {key}", prices, summary=False)
+    _print_sweep(group.average, False, f"{title}: average over {len(group.members)}", prices, heading=True)
+
+
+def _print_sweep(sweep, as_json: bool, title: str, prices: dict | None = None, *, summary: bool = True, heading: bool = False) -> None:
+    """`heading`: the title as given (no sweep id); `summary`: the best setting, tokens and experiments below the table."""
     prices = prices or {}
     if as_json:
-        print(json.dumps({
-            "sweep": sweep.id, "repeats": sweep.repeats, "metric": sweep.metric,
-            "grid": [{"step": a.step, "param": a.param, "values": a.values} for a in sweep.axes],
-            "settings": [{"setting": row.setting.values, "experiments": [e.id for e in row.experiments], "metrics": row.metrics,
-                          "sd": row.sd, "failed_runs": row.failed_runs, "best": i == sweep.best,
-                          **_token_fields(row.tokens, prices)} for i, row in enumerate(sweep.rows)],
-            "best": sweep.rows[sweep.best].setting.values if sweep.best is not None else None,
-        }))
+        print(json.dumps(_sweep_json(sweep, prices)))
         return
     from cirkit.sweep import show_value
 
-    keys = [k for k, v in sweep.rows[0].experiments[0].metrics.items() if isinstance(v, float)]  # the protocol's (counts aside)
+    # the protocol's metrics (counts aside) that the rows hold (a group's average: those it averages)
+    keys = [k for k, v in sweep.rows[0].experiments[0].metrics.items() if isinstance(v, float) and k in sweep.rows[0].metrics]
     axes = [a.name for a in sweep.axes]
     spread = sweep.repeats > 1
     caption = f"mean ± sd over {sweep.repeats} repeats; " if spread else ""
     ranked = len(sweep.rows) > 1 and sweep.metric
-    table = Table(*([""] if ranked else []), *axes, *keys, title=f"{title}: sweep {sweep.id}",
+    table = Table(*([""] if ranked else []), *axes, *keys, title=title if heading else f"{title}: sweep {sweep.id}",
                   caption=f"{caption}* best by {sweep.metric}" if ranked else caption.removesuffix("; ") or None)
     for i, row in enumerate(sweep.rows):
         cells = [_fmt(row.metrics[k]) + (f" ± {row.sd[k]:.2f}" if spread and k in row.sd else "") for k in keys]
@@ -211,6 +241,8 @@ def _print_sweep(sweep, as_json: bool, title: str, prices: dict | None = None) -
         table.add_row(*(["*" if best else ""] if ranked else []), *(escape(show_value(row.setting.values[a])) for a in axes),
                       *cells, style="bold" if best else None)
     stdout.print(table)
+    if not summary:
+        return
     if sweep.best is not None and ranked:
         row = sweep.rows[sweep.best]
         stdout.print(f"best: {escape(row.setting.label)} ({sweep.metric} {_fmt(row.metrics[sweep.metric])})")
