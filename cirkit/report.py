@@ -18,6 +18,7 @@ from typing import Any, Iterator
 
 from cirkit.errors import CirkitError, ImageError, one_line
 from cirkit.images import load_image
+from cirkit.pipelines.stored_images import is_image_ref
 from cirkit.store import RunRecord, StepRecord
 
 STYLE = """
@@ -27,7 +28,7 @@ h2{margin:0 0 8px 0;font-size:18px} .meta{color:#666;font-size:13px}
 .query{display:flex;gap:16px;align-items:flex-start;margin:12px 0}
 .query img{border:1px solid #ccc}
 .step{border-left:3px solid #88a;padding:4px 12px;margin:8px 0}
-.step.failed{border-color:#c33} .step.edited{border-color:#e90}
+.step.failed{border-color:#c33} .step.edited{border-color:#e90} .step.skipped{opacity:.6}
 .text{white-space:pre-wrap;font-family:ui-monospace,monospace;font-size:13px;background:#f4f4f8;padding:6px;border-radius:4px}
 .note{color:#a60;font-size:13px} .error{color:#c33;font-weight:bold}
 .results{display:flex;flex-wrap:wrap;gap:10px}
@@ -215,7 +216,7 @@ def _run(run: RunRecord, k: int, thumb: int, head: str = "") -> str:
     ]
     if run.error:
         parts.append(f"<p class='error'>{escape(run.error)}</p>")
-    parts.extend(_step(step) for step in run.steps)
+    parts.extend(_step(step, thumb) for step in run.steps)
     if run.results:
         root = Path(run.results[0]["file"]).parent
         verdicts = {v["path"]: v for step in run.steps for v in step.outputs.get("verdicts") or [] if v}
@@ -241,12 +242,19 @@ def _run(run: RunRecord, k: int, thumb: int, head: str = "") -> str:
     return "\n".join(parts)
 
 
-def _step(step: StepRecord) -> str:
-    css = "failed" if step.status == "failed" else "edited" if step.origin == "edited" else ""
+def _step(step: StepRecord, thumb: int = 160) -> str:
+    css = "failed" if step.status == "failed" else "edited" if step.origin == "edited" else "skipped" if step.status == "skipped" else ""
     origin = "" if step.origin == "ran" else f" &middot; {escape(step.origin)}"
     model = f" &middot; {escape(str(step.model.get('model') or step.model.get('name')))}" if step.model else ""
-    parts = [f"<div class='step {css}' data-step='{escape(step.name)}'><b>{escape(step.name)}</b> ({escape(step.kind)}){model}{origin}"]
+    round_ = f" &middot; round {step.round}" if step.round else ""
+    status = " &middot; skipped" if step.status == "skipped" else ""
+    parts = [f"<div class='step {css}' data-step='{escape(step.name)}' data-round='{step.round}'><b>{escape(step.name)}</b>"
+             f" ({escape(step.kind)}){model}{round_}{status}{origin}"]
     out = step.outputs
+    for name, value in out.items():  # images a step made (an edited reference image, a grid of candidates)
+        if is_image_ref(value):
+            parts.append(f"<figure class='made' data-output='{escape(name)}'>{_image(value['image_file'], thumb, name)}"
+                         f"<figcaption>{escape(name)}</figcaption></figure>")
     texts: list[tuple[str, str]] = []
     if "caption" in out:
         texts.append(("caption", out["caption"]))
@@ -256,9 +264,11 @@ def _step(step: StepRecord) -> str:
             label = f"rewrite {i + 1}" + (f" ({src.get('template')}, sample {src.get('sample')})" if src else "")
             texts.append((label, text))
     texts.extend((f"proposition {i + 1}", text) for i, text in enumerate(out.get("propositions") or []))
+    if step.kind == "paraphrase":
+        texts.extend((f"paraphrase {i + 1}", text) for i, text in enumerate(out.get("texts") or []))
     for label, text in texts:
         parts.append(f"<div class='meta'>{escape(label)}</div><div class='text output'>{escape(str(text))}</div>")
-    if step.prompts and step.kind in ("caption", "rewrite", "rerank", "reason", "propositions", "verify", "compare"):
+    if step.prompts and step.kind != "embed":
         rendered = "\n\n".join(_prompt_text(p) for p in step.prompts)
         raw = "\n\n".join(str(r) for r in step.raw)
         parts.append(

@@ -179,3 +179,10 @@ def test_a_pipeline_without_an_llm_is_refused(cli, world, tmp_path):
               "--limit", LIMIT, "--paraphrases", "2")
     assert res.exit_code == 1 and "--paraphrases: pipeline 'clip-only' has no llm model to paraphrase with" in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "idx").exists()
+
+
+def test_a_sweep_refuses_paraphrases_in_one_line(cli, world, tmp_path):
+    res = cli("eval", "sweep", "cirr", "--data", world, "--split", toy.SPLIT, "--pipeline", "toy", "--grid", "search.k=[10]",
+              "--paraphrases", "2")
+    assert res.exit_code == 1 and "--paraphrases goes with cirkit eval BENCH, not with a sweep" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1

@@ -157,12 +157,16 @@ def eval_sweep(
     repeats: Repeats = 1,
     prices: Prices = None,
     mlflow: Mlflow = False,
+    paraphrases: Annotated[Optional[int], typer.Option("--paraphrases", hidden=True)] = None,
 ) -> None:
     """Evaluate every setting of a parameter grid: shared steps run once, one experiment per setting, the best marked."""
     from cirkit.commands.common import parse_model_overrides
     from cirkit.costs import load_prices
     from cirkit.experiments import run_group_sweep, run_sweep
     from cirkit.tracking import open_tracker
+
+    if paraphrases is not None:
+        raise CirkitError("--paraphrases goes with cirkit eval BENCH, not with a sweep: run the setting you pick with --paraphrases")
 
     price_table = load_prices(prices)
     tracker = open_tracker(mlflow, price_table)
