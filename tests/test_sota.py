@@ -418,7 +418,9 @@ def wiser_setup(tiny_models, tiny_judge, tiny_editor, gallery, tmp_path_factory)
     return pipeline, index, [a for name, entry in overrides.items() for a in ("--model", f"{name}={json.dumps(entry)}")]
 
 
-def test_wiser_judges_both_paths_refines_uncertain_ones_and_fuses_by_summed_p_yes(cli, gallery, wiser_setup):
+def test_wiser_judges_both_paths_refines_uncertain_ones_and_fuses_by_summed_p_yes(cli, gallery, wiser_setup, tmp_path):
+    from html import escape
+
     pipeline, index, models = wiser_setup
     run = _query(cli, index, gallery / "img0004.jpg", pipeline, *models, "-k", "100")
     stored = _show(cli, run["id"])
@@ -462,6 +464,15 @@ def test_wiser_judges_both_paths_refines_uncertain_ones_and_fuses_by_summed_p_ye
     expected = sorted(pool, key=lambda p: (-(text.get(p, 0.0) + image.get(p, 0.0)), -max(text.get(p, 0.0), image.get(p, 0.0)), -text.get(p, 0.0), p))
     assert [h["path"] for h in run["results"]] == expected
     assert [h["score"] for h in run["results"]] == pytest.approx([text.get(p, 0.0) + image.get(p, 0.0) for p in expected])
+
+    # the report shows both edited images, every round of each loop, the critic's advice and the verdicts
+    page = tmp_path / "wiser.html"
+    res = cli("report", run["id"], "--out", page, "-k", "5")
+    assert res.exit_code == 0, res.stderr
+    html = page.read_text()
+    assert html.count("data-output='edited_image'><img src='data:image/jpeg;base64,") == 2
+    assert "data-step='verify_text_again' data-round='0'" in html and "loop ends at its bound" in html
+    assert html.count("data-verifier=") == 5 and escape(advice) in html
 
 
 def test_wiser_leaves_confident_paths_alone(cli, gallery, wiser_setup, tmp_path):
