@@ -283,9 +283,10 @@ def test_every_builtin_pipeline_runs_end_to_end_on_the_toy_world(toy_world, tmp_
     from cirkit.pipelines import load_pipeline
     from cirkit.pipelines.gallery_captions import caption_gallery
 
-    # The toy world has no multimodal model that reasons, writes propositions or reads a grid: the
-    # pipelines built on those steps run end to end on tiny random-weight models in test_sota.py.
-    needs_more = {"osrcir", "imagescope", "square"}
+    # The toy world has no multimodal model that reasons, writes propositions or reads a grid, and no
+    # image editor: the pipelines built on those steps run end to end on tiny random-weight models in
+    # test_sota.py.
+    needs_more = {"osrcir", "imagescope", "square", "wiser"}
     assert needs_more <= set(names)
     recalls = {}
     for name in (n for n in names if n != "toy" and not n.startswith("toy-hard-") and n not in needs_more):
