@@ -50,7 +50,7 @@ def paraphrase_model(base: Pipeline, name: str | None) -> str:
 
 
 def paraphrase_pipeline(base: Pipeline, count: int, *, model: str | None = None, given: str | Path | None = None) -> Pipeline:
-    """The pipeline that makes `count` paraphrases of each modification: with the base
+    """The one-step pipeline that makes `count` paraphrases of each modification: with the base
     pipeline's model (see paraphrase_model), or taken from a JSON file {query id: [texts]}."""
     if given is not None:
         step: dict[str, Any] = {"name": STEP, "kind": "paraphrase", "given": str(Path(given).expanduser().resolve())}
@@ -61,13 +61,8 @@ def paraphrase_pipeline(base: Pipeline, count: int, *, model: str | None = None,
         models = {name: base.models[name].model_dump(mode="json", exclude_none=True)}
         step = {"name": STEP, "kind": "paraphrase", "model": name, "prompt": TEMPLATE, "params": {"count": count}}
         how = f"by model '{name}'"
-    # The runner runs every pipeline against a gallery index, checked by the CLIP model of one of its
-    # steps: a step embedding the modification with the base pipeline's CLIP is what names it.
-    clip = next(key for key, model in base.models.items() if model.type == "clip" and model == base.clip_model())
-    models[clip] = base.models[clip].model_dump(mode="json", exclude_none=True)
-    check = {"name": "embed_modification", "kind": "embed", "model": clip, "inputs": {"texts": "modification"}}
     data = {"name": f"{base.name}-paraphrases", "description": f"{count} paraphrases of each modification, {how}",
-            "models": models, "steps": [step, check]}
+            "models": models, "steps": [step]}
     text = f"# paraphrases of the modifications for {base.source}\n" + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
     return validate_pipeline(data, base.source, text, Path(base.source).parent, {})
 

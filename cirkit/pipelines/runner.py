@@ -83,8 +83,8 @@ def run_queries(
     needs_image = any("image" in step.inputs.values() for step in pipeline.steps)
     contexts = [_query_context(q, load=needs_image and (pre is None or _uses_image(pipeline, pre.start))) for q, pre in zip(queries, prefilled)]
 
-    clip = models.get(pipeline.clip_model())
-    index.check_model(clip.identity)
+    if any((model := pipeline.model_for(step)) is not None and model.type == "clip" for step in pipeline.steps):
+        index.check_model(models.get(pipeline.clip_model()).identity)  # a pipeline with no CLIP step reads no vectors
 
     run_ids = []
     for ctx, pre in zip(contexts, prefilled):
