@@ -256,11 +256,12 @@ def read_overrides(path: str | Path, store: RunStore, *, partial: bool = False) 
 
 
 def diff_runs(a: RunRecord, b: RunRecord, k: int = 10) -> dict[str, Any]:
-    """What changed between two runs: per step the texts, and how the top results' ranks moved."""
+    """What changed between two runs: per step (its last round, in a loop) the texts, and how the top
+    results' ranks moved."""
     steps = []
     for name in dict.fromkeys([s.name for s in a.steps] + [s.name for s in b.steps]):
-        sa = next((s for s in a.steps if s.name == name), None)
-        sb = next((s for s in b.steps if s.name == name), None)
+        sa = next((s for s in reversed(a.steps) if s.name == name), None)
+        sb = next((s for s in reversed(b.steps) if s.name == name), None)
         ta, tb = _texts(sa), _texts(sb)
         steps.append({"step": name, "a": ta, "b": tb, "changed": ta != tb,
                       "origin_b": sb.origin if sb else None})
