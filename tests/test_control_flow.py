@@ -220,3 +220,27 @@ def test_the_confidence_of_a_missing_verdict_does_not_meet_a_condition():
     assert condition.holds({"judge.confidence": 0.7}) == (True, "judge.confidence = 0.7: 'judge.confidence <= 0.7' holds")
     assert condition.holds({"judge.confidence": 0.71})[0] is False
     assert condition.holds({"judge.confidence": None}) == (False, "judge.confidence has no value, so 'judge.confidence <= 0.7' does not hold")
+
+
+@pytest.mark.parametrize("threshold, records", [(-1, [("judge_again", 0, "skipped")]), (2, [("judge_again", 0, "ok"), ("judge_again", 1, "ok")])])
+def test_a_loop_of_one_step(tmp_path, tiny_models, tiny_judge, gallery, gallery_index, threshold, records):
+    path = tmp_path / "one.yaml"
+    path.write_text(f"""name: one-step-loop
+models:
+  judge: {{type: vlm, id: "{tiny_judge}"}}
+  clip: {{type: clip, name: "{tiny_models.clip_config}", pretrained: "{tiny_models.clip_checkpoint}"}}
+steps:
+  - {{name: embed, kind: embed, model: clip, inputs: {{texts: modification}}}}
+  - {{name: search, kind: search, params: {{k: 4}}}}
+  - {{name: judge, kind: rerank, model: judge, prompt: rerank-yes-no, inputs: {{description: modification}}, params: {{k: 4, max_new_tokens: 1}}}}
+  - name: judge_again
+    kind: rerank
+    model: judge
+    prompt: rerank-yes-no
+    inputs: {{description: modification}}
+    params: {{k: 4, max_new_tokens: 1}}
+    loop: {{through: judge_again, while: confidence < {threshold}, max_rounds: 2}}
+""")
+    (run,) = _run(tmp_path, str(path), gallery, gallery_index, images=("img0004.jpg",))
+    assert _trace(run)[3:] == records
+    assert run["steps"][-1]["notes"][-1].startswith("loop not entered" if threshold < 0 else "loop ends at its bound, 2 round(s)")

@@ -224,6 +224,7 @@ def _skip_unmet(step, position, todo, contexts, rounds, at, seq, run_ids, store,
             if not met:
                 unmet = f"loop not entered: {why}"
                 at[i] = step.loop.last + 1
+        in_round = unmet is None and step.in_loop is not None  # skipped inside a round, which still ends here
         if unmet is None and step.when is not None:
             met, why = step.when.holds(contexts[i])
             if not met:
@@ -236,7 +237,7 @@ def _skip_unmet(step, position, todo, contexts, rounds, at, seq, run_ids, store,
             position=seq[i], name=step.name, kind=step.kind, status="skipped", model=None, params={}, templates=[],
             prompts=[], raw=[], outputs={}, notes=[unmet], seconds=0.0, error=None, round=rounds[i] if step.in_loop else 0,
         )
-        if step.in_loop and position == step.in_loop.last and at[i] == position + 1:
+        if in_round and position == step.in_loop.last:
             record.notes.append(_next_round(step.in_loop, i, contexts, rounds, at))
         tell("step", {"run_id": run_ids[i], "step": step.name})
         store.add_step(run_ids[i], record)
