@@ -220,7 +220,6 @@ class _SweepPlan:
     axes: list[Axis]
     plans: list[tuple[Setting, list[Pipeline]]]
     metric: str
-    grid: bool  # False: repeats of the pipeline as it is
 
 
 def _plan_sweep(benchmark: Benchmark, bench: str, pipeline, grid, repeats, metric, model_overrides) -> _SweepPlan:
@@ -240,7 +239,7 @@ def _plan_sweep(benchmark: Benchmark, bench: str, pipeline, grid, repeats, metri
     if chosen not in empty or isinstance(empty[chosen], bool):
         raise CirkitError(f"--metric {chosen}: {benchmark.title} reports no such metric "
                           f"(its metrics: {', '.join(k for k, v in empty.items() if isinstance(v, float))})")
-    return _SweepPlan(bench, benchmark, base, axes, plans, chosen, grid is not None)
+    return _SweepPlan(bench, benchmark, base, axes, plans, chosen)
 
 
 def _run_sweep(plan: _SweepPlan, data_dir, store: RunStore, *, index_dir=None, limit=None, batch_size=64, use_cache=True,

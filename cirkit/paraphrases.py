@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from cirkit.components.paraphrase import MAX_PARAPHRASES
+from cirkit.components.paraphrase import MAX_PARAPHRASES, Paraphrase
 from cirkit.errors import CirkitError
 from cirkit.pipelines.spec import Pipeline, validate_pipeline
 
@@ -74,7 +74,7 @@ def check_given(pipeline: Pipeline, query_ids: list[str], count: int) -> None:
         value = texts.get(qid)
         if value is None:
             raise CirkitError(f"--paraphrases-file {source}: no paraphrases for query {qid}")
-        have = 1 if isinstance(value, str) else len(value)
+        have = len(Paraphrase.given_outputs(value)["texts"])
         if have < count:
             raise CirkitError(f"--paraphrases-file {source}: query {qid} has {have} paraphrase{'' if have == 1 else 's'}, --paraphrases asks for {count}")
 

@@ -95,7 +95,7 @@ def eval_run(
             group = run_group_sweep(bench, data, split, pipeline=pipeline, store=open_store(ctx), grid=None, repeats=repeats,
                                     limit=limit, batch_size=batch_size, use_cache=not no_cache, progress=not as_json,
                                     model_overrides=parse_model_overrides(model), tracker=tracker)
-            _print_group_sweep(group, as_json, f"{bench} {split}", price_table)
+            _print_group_sweep(group, as_json, bench, split, price_table)
             return
         sweep = run_sweep(bench, data, split, pipeline=pipeline, store=open_store(ctx), grid=None, repeats=repeats,
                           index_dir=index, limit=limit, batch_size=batch_size, use_cache=not no_cache, progress=not as_json,
@@ -176,7 +176,7 @@ def eval_sweep(
         group = run_group_sweep(bench, data, split, pipeline=pipeline, store=open_store(ctx), grid=grid or [], repeats=repeats,
                                 metric=metric, limit=limit, batch_size=batch_size, use_cache=not no_cache, progress=not as_json,
                                 model_overrides=parse_model_overrides(model), tracker=tracker)
-        _print_group_sweep(group, as_json, f"{bench} {split}", price_table)
+        _print_group_sweep(group, as_json, bench, split, price_table)
         return
     sweep = run_sweep(bench, data, split, pipeline=pipeline, store=open_store(ctx), grid=grid or [], repeats=repeats,
                       metric=metric, index_dir=index, limit=limit, batch_size=batch_size, use_cache=not no_cache,
@@ -211,7 +211,7 @@ def _sweep_json(sweep, prices: dict) -> dict:
     }
 
 
-def _print_group_sweep(group, as_json: bool, title: str, prices: dict) -> None:
+def _print_group_sweep(group, as_json: bool, bench: str, split: str, prices: dict) -> None:
     """Each member's sweep, then every setting averaged over the members."""
     if as_json:
         average = _sweep_json(group.average, prices)
@@ -219,8 +219,8 @@ def _print_group_sweep(group, as_json: bool, title: str, prices: dict) -> None:
         print(json.dumps({"members": {key: _sweep_json(sweep, prices) for key, sweep in group.members.items()}, "average": average}))
         return
     for key, sweep in group.members.items():
-        _print_sweep(sweep, False, f"{title.split()[0]} {key}", prices, summary=False)
-    _print_sweep(group.average, False, f"{title}: average over {len(group.members)}", prices, heading=True)
+        _print_sweep(sweep, False, f"{bench} {key}", prices, summary=False)
+    _print_sweep(group.average, False, f"{bench} {split}: average over {len(group.members)}", prices, heading=True)
 
 
 def _print_sweep(sweep, as_json: bool, title: str, prices: dict | None = None, *, summary: bool = True, heading: bool = False) -> None:
