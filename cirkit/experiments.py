@@ -317,23 +317,35 @@ def run_paraphrases(
         check_given(maker, [q.id for q in (benchmark.queries[:limit] if limit else benchmark.queries)], count)
     _, prepared = _prepare(bench, data_dir, split, base, None, index_dir, limit, progress, benchmark=benchmark)
 
-    paraphrase_runs: dict[str, str] = {}
-    for start in range(0, len(prepared.runnable), batch_size):
-        chunk = prepared.runnable[start : start + batch_size]
+    # paraphrases fixed by hand (`cirkit runs edit RUN paraphrase`) are used as they were fixed
+    edited = store.edited_runs(maker.hash) if paraphrases_file is None else {}
+    paraphrase_runs = {q.id: edited[(q.id, q.text)] for q in prepared.runnable if (q.id, q.text) in edited}
+    if paraphrase_runs and progress:
+        stderr.print(f"{len(paraphrase_runs)} queries have paraphrases edited by hand: those are used")
+    todo = [q for q in prepared.runnable if q.id not in paraphrase_runs]
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
         batch = [Query(benchmark.data_dir / benchmark.gallery.get(q.reference, q.reference), q.text, q.id) for q in chunk]
         ids = run_queries(maker, batch, index=prepared.index, store=store, models=prepared.models, progress=progress,
                           raise_on_failure=False, use_cache=use_cache)
         paraphrase_runs.update(zip((q.id for q in chunk), ids))
         if progress:
-            stderr.print(f"paraphrases: {min(start + batch_size, len(prepared.runnable))}/{len(prepared.runnable)} queries")
-    texts, steps, left_out = {}, [], []
+            stderr.print(f"paraphrases: {min(start + batch_size, len(todo))}/{len(todo)} queries")
+    paraphrase_runs = {q.id: paraphrase_runs[q.id] for q in prepared.runnable}  # in query order
+    texts, steps, left_out, short = {}, [], [], []
     for qid, run_id in paraphrase_runs.items():
         run = store.get(run_id)
         steps.extend(run.steps)
-        if run.status == "ok":
-            texts[qid] = run.step("paraphrase").outputs["texts"][:count]
-        else:
+        if run.status != "ok":
             left_out.append(qid)
+            continue
+        found = run.step("paraphrase").outputs["texts"]
+        if len(found) < count:  # edited by hand to fewer lines
+            short.append(qid)
+        texts[qid] = (found + [run.inputs["modification"]] * count)[:count]
+    if short:
+        stderr.print(f"{len(short)} queries have fewer than {count} paraphrases (e.g. run {paraphrase_runs[short[0]]}): "
+                     "the original modification takes the missing places")
     if left_out:
         stderr.print(f"{len(left_out)} of {len(paraphrase_runs)} queries got no paraphrases (e.g. run {paraphrase_runs[left_out[0]]}: "
                      f"{store.get(paraphrase_runs[left_out[0]]).error}): they are left out of every variant")

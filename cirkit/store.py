@@ -326,6 +326,19 @@ class RunStore:
             raise CirkitError(f"no run for query id '{query_id}'")
         return row["id"]
 
+    def edited_runs(self, pipeline_hash: str) -> dict[tuple[str, str], str]:
+        """(query id, modification) -> the most recent finished run of this pipeline with a step edited by hand."""
+        rows = self.db.execute(
+            "SELECT id, inputs FROM runs r WHERE pipeline_hash = ? AND status = 'ok' AND parent_id IS NOT NULL"
+            " AND EXISTS (SELECT 1 FROM steps s WHERE s.run_id = r.id AND s.origin = 'edited') ORDER BY created_at, rowid",
+            (pipeline_hash,),
+        ).fetchall()
+        out = {}
+        for row in rows:
+            inputs = json.loads(row["inputs"])
+            out[(inputs.get("query_id"), inputs.get("modification"))] = row["id"]
+        return out
+
     def list(self, limit: int = 20) -> list[dict[str, Any]]:
         rows = self.db.execute("SELECT * FROM runs ORDER BY created_at DESC, rowid DESC LIMIT ?", (limit,)).fetchall()
         return [

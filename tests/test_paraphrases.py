@@ -117,6 +117,17 @@ def test_paraphrases_by_the_toy_llm_that_ignores_the_list_format(cli, world, que
     edited = json.loads(cli("runs", "show", json.loads(cli("runs", "list", "--json", "--limit", "1").stdout)[0]["id"], "--json").stdout)
     assert edited["parent_id"] == run_id and edited["steps"][0]["outputs"]["texts"] == ["move it", "shift it"]
 
+    # the next study takes that query's paraphrases as edited, the others' from the step cache
+    engine_calls_counter.clear()
+    again = json.loads(evaluate(cli, world, tmp_path, "--paraphrases", 2, "--limit", 4, "--json").stdout)
+    qid = edited["inputs"]["query_id"]
+    assert again["paraphrase_runs"][qid] == edited["id"] and all(again["paraphrase_runs"][q] != r for q, r in out["paraphrase_runs"].items())
+    assert sum(n for _, n in engine_calls_counter) == 2  # the rewrites of "move it" and "shift it", nothing else
+    store = sqlite3.connect(tmp_path / "data" / "runs.sqlite3")
+    for variant, text in zip(again["variants"][1:], ["move it", "shift it"]):
+        (run,) = store.execute("SELECT run_id FROM experiment_runs WHERE experiment_id=? AND query_id=?", (variant["experiment"], qid)).fetchone()
+        assert json.loads(cli("runs", "show", run, "--json").stdout)["inputs"]["modification"] == text
+
 
 def test_an_answer_that_ignores_the_format_falls_back_or_fails_the_query_in_one_line():
     from cirkit.components.paraphrase import Paraphrase, ParaphraseParams, parse_paraphrases
