@@ -139,3 +139,14 @@ def test_steps_can_take_given_texts(cli, tmp_path, cirr_dir, tiny_models, engine
     pipeline.write_text(pipeline.read_text().replace(str(captions), str(bad)))
     res = cli("pipelines", "validate", pipeline)
     assert res.exit_code == 1 and "field 'given'" in res.stderr
+
+
+def test_eval_exits_non_zero_when_every_run_failed(cli, tmp_path, cirr_dir, tiny_pipeline, tiny_models):
+    """A model that cannot load fails every query: the experiment is stored, and the exit says so."""
+    res = cli("eval", "cirr", "--data", cirr_dir, "--split", "val", "--pipeline", tiny_pipeline, "--json",
+              "--model", f'captioner={{id: "{tiny_models.clip_config.parent}"}}')
+    assert res.exit_code != 0
+    line = res.stderr.strip().splitlines()[-1]  # after the note on the missing gallery image
+    assert line.startswith("error: every run of experiment ") and "failed; the first: step 'caption' failed" in line
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["metrics"]["failed_runs"] == 3 and out["metrics"]["R@1"] == 0.0

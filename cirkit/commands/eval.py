@@ -127,12 +127,25 @@ def eval_run(
     if as_json:
         print(json.dumps({"experiment": exp.id, "metrics": exp.metrics, "failed_runs": exp.failed_runs,
                           "submission": [str(p) for p in exp.submission], **_token_fields(exp.tokens, price_table)}))
+    else:
+        _metrics_table(exp.metrics, f"{bench} {split} (experiment {exp.id})")
+        _print_tokens(exp.tokens, price_table)
+        for path in exp.submission:
+            stdout.print(f"submission file: {path}")
+        stdout.print(f"failures: cirkit runs failures {exp.id}")
+    _fail_when_no_run_succeeded(options["store"], exp.id)
+
+
+def _fail_when_no_run_succeeded(store, exp_id: str) -> None:
+    """A non-zero exit when every query's run failed (a model that cannot load, a server that is gone):
+    the metrics are stored, but they measure nothing."""
+    runs = store.experiment(exp_id)["runs"]
+    if not runs:
         return
-    _metrics_table(exp.metrics, f"{bench} {split} (experiment {exp.id})")
-    _print_tokens(exp.tokens, price_table)
-    for path in exp.submission:
-        stdout.print(f"submission file: {path}")
-    stdout.print(f"failures: cirkit runs failures {exp.id}")
+    first = store.get(runs[0]["run_id"])
+    if first.status == "ok" or any(store.get(r["run_id"]).status == "ok" for r in runs[1:]):
+        return
+    raise CirkitError(f"every run of experiment {exp_id} failed; the first: {first.error}")
 
 
 @eval_app.command("sweep")
