@@ -223,7 +223,7 @@ def _print_query(out, number: int, run: dict[str, Any], text: str, target: str, 
 # ---------------------------------------------------------------- cirkit demo --hard
 
 HARD = "hard"
-HARD_PIPELINES = ("toy-hard-cirevl", "toy-hard-pdv", "toy-hard-ldre", "toy-hard-rerank", "toy-hard-full")
+HARD_PIPELINES = ("toy-hard-cirevl", "toy-hard-pdv", "toy-hard-ldre", "toy-hard-feedback", "toy-hard-rerank", "toy-hard-full")
 HARD_SPLIT = "test"
 
 
@@ -234,11 +234,13 @@ def run_hard_demo(
     console=None,
     data_dir: Path | None = None,
     eval_limit: int | None = None,
-    pipelines: tuple[str, ...] = HARD_PIPELINES,
+    pipelines: tuple[str | Path, ...] = HARD_PIPELINES,
     quiet: bool = False,
+    split: str = HARD_SPLIT,
 ) -> dict[str, Any]:
-    """Build the hard toy world's test split in DIR/hard, index its gallery and evaluate every toy-hard
-    pipeline on it with the CIRR protocol. Prints one table (unless `quiet`); returns
+    """Build the hard toy world's test split (or `split`: "val", for choosing parameters) in DIR/hard,
+    index its gallery and evaluate every toy-hard pipeline on it with the CIRR protocol. Prints one
+    table (unless `quiet`); returns
     {"pipelines": {NAME: {"R@1", "R@5" (percent), "calls_per_query", "seconds", "experiment"}},
     "queries", "directory", "data_dir", "seconds"}."""
     from cirkit.console import stdout
@@ -257,14 +259,15 @@ def run_hard_demo(
     directory = directory.resolve()
     world = directory / HARD
     store_dir = Path(data_dir).expanduser() if data_dir else directory / RUNS
-    count = min(eval_limit, hard.NUM_QUERIES[HARD_SPLIT]) if eval_limit else hard.NUM_QUERIES[HARD_SPLIT]
+    count = min(eval_limit, hard.NUM_QUERIES[split]) if eval_limit else hard.NUM_QUERIES[split]
+    held_out = "held-out test" if split == "test" else split
 
     names = hard.gallery_names()
     say(f"[bold]cirkit demo --hard[/bold]: {len(names)} images whose pattern and small mark captions mostly leave out, "
-        f"{count} held-out queries ({escape(str(world))})")
+        f"{count} {held_out} queries ({escape(str(world))})")
     with progress_bar(progress) as bar:
         task = bar.add_task("drawing", total=len(names))
-        hard.write_benchmark(world, HARD_SPLIT, on_image=lambda: bar.advance(task), prune=True)
+        hard.write_benchmark(world, split, on_image=lambda: bar.advance(task), prune=True)
 
     clip = ModelPool().get(load_pipeline(pipelines[0]).clip_model())
     index_dir = world / INDEX
@@ -273,6 +276,12 @@ def run_hard_demo(
     report = build_index(world, index_dir, clip, files=files, progress=progress)
     if report.skipped:
         raise CirkitError(f"{len(report.skipped)} toy images could not be indexed (first: {report.skipped[0]}): delete {world} and run the demo again")
+    for name in pipelines:  # relevance feedback reads the top results' gallery captions
+        spec = load_pipeline(name)
+        if any(step.kind == "feedback" for step in spec.steps):
+            from cirkit.pipelines.gallery_captions import caption_gallery
+
+            caption_gallery(index_dir, spec, ModelPool(), progress=progress)
 
     rows: dict[str, dict[str, Any]] = {}
     store = RunStore(store_dir)
@@ -285,7 +294,7 @@ def run_hard_demo(
             seconds = time.perf_counter() - began
             if experiment.failed_runs:
                 raise CirkitError(f"{experiment.failed_runs} queries of {name} failed (see `cirkit runs failures {experiment.id}`)")
-            rows[name] = {
+            rows[str(name)] = {
                 "R@1": round(experiment.metrics.get("R@1", 0.0), 2),
                 "R@5": round(experiment.metrics.get("R@5", 0.0), 2),
                 "calls_per_query": _calls_per_query(store, experiment.id),
@@ -296,7 +305,7 @@ def run_hard_demo(
         store.close()
 
     table = Table("pipeline", "R@1", "R@5", "model calls / query", "seconds",
-                  title=f"hard toy world, {count} held-out test queries (CIRR protocol)")
+                  title=f"hard toy world, {count} {held_out} queries (CIRR protocol)")
     for name, row in rows.items():
         table.add_row(name, f"{row['R@1']:.1f}", f"{row['R@5']:.1f}", f"{row['calls_per_query']:.1f}", f"{row['seconds']:.0f}")
     say(table)

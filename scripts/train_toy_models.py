@@ -28,6 +28,13 @@ that the shipped files are these).
 
     python scripts/train_toy_models.py                  # all three, into cirkit/toy/models
     python scripts/train_toy_models.py --out /tmp/toy   # somewhere else
+
+With --world hard it trains the hard world's four models instead (cirkit/toy/hard.py; see the
+section "the hard world" below) into cirkit/toy/models/hard, about 17 minutes on a 2-core CPU;
+`--world hard --only judge` retrains the judge alone (about 6 minutes), keeping the other three.
+
+    python scripts/train_toy_models.py --world hard
+    python scripts/train_toy_models.py --world hard --only judge
 """
 
 from __future__ import annotations
@@ -490,7 +497,9 @@ def evaluate_through_cirkit(models_dir: Path) -> dict:
 #                    the probability in hard.MENTION
 #   hard/llm/        a Qwen2 rewrite LLM, trained on partial captions and the hard world's modifications
 #   hard/judge/      a LLaVA like the captioner that sees the reference image, then a candidate, and
-#                    answers "yes" or "no" to the toy-hard-judge prompt
+#                    answers "yes" or "no" to the toy-hard-judge prompt: trained on targets and near
+#                    misses (hard_judge_examples), with auxiliary heads on its last state that read
+#                    both images' attributes, the target's and where the candidate differs from it
 
 HARD_CLIP_NAME = "toy-hard-clip"
 HARD_CLIP_CONFIG = {
@@ -504,7 +513,11 @@ HARD_CLIP_BATCH = 96
 HARD_CLIP_LR = 3e-3
 HARD_CAPTIONER_STEPS = 400
 HARD_LLM_STEPS = 600
-HARD_JUDGE_STEPS = 600
+HARD_JUDGE_STEPS = 1200
+HARD_JUDGE_LR = 3e-3
+HARD_JUDGE_LAYERS = 3
+HARD_JUDGE_AUX = 1.0  # weight of the judge's auxiliary heads
+HARD_JUDGE_UNSEEN = 0.3  # of the judge's "no" examples, the share off in the pattern or the mark (besides their share of the rest)
 HARD_VLM_BATCH = 64
 HARD_VLM_LR = 2e-3
 HARD_VLM_HIDDEN = 64
@@ -646,8 +659,9 @@ def clip_vision_state(visual) -> dict[str, torch.Tensor]:
     return {k: v.detach().float().clone() for k, v in state.items()}
 
 
-def build_llava(out: Path, clip: dict, tokenizer, seed: int, layers: int):
-    """A LLaVA whose vision tower is the toy CLIP's; returns (model, processor as the engine loads it)."""
+def build_llava(out: Path, vision_state: dict, tokenizer, seed: int, layers: int):
+    """A LLaVA whose vision tower is the toy CLIP's (`vision_state`: clip_vision_state of its ViT);
+    returns (model, processor as the engine loads it)."""
     from transformers import (AutoProcessor, CLIPImageProcessor, CLIPVisionConfig, LlavaConfig,
                               LlavaForConditionalGeneration, LlavaProcessor, Qwen2Config)
 
@@ -673,7 +687,7 @@ def build_llava(out: Path, clip: dict, tokenizer, seed: int, layers: int):
                          tie_word_embeddings=True)
     set_seed(seed)
     model = LlavaForConditionalGeneration(config)
-    model.model.vision_tower.load_state_dict(clip_vision_state(clip["model"].visual), strict=True)
+    model.model.vision_tower.load_state_dict(vision_state, strict=True)
     model.model.vision_tower.requires_grad_(False)
     return model, processor
 
@@ -688,7 +702,8 @@ def vision_features(model, processor, images) -> torch.Tensor:
     return torch.cat(out)
 
 
-def llava_step(model, prompt_ids: list[list[int]], answer_ids: list[list[int]], features: list[torch.Tensor], image_id: int, pad: int):
+def llava_step(model, prompt_ids: list[list[int]], answer_ids: list[list[int]], features: list[torch.Tensor], image_id: int, pad: int,
+               hidden: bool = False):
     """The loss of one batch: prompts with <image> tokens (as the processor expands them), image
     features scattered in their place through the trainable projector, loss on the answers only."""
     length = max(len(p) + len(a) for p, a in zip(prompt_ids, answer_ids))
@@ -703,7 +718,11 @@ def llava_step(model, prompt_ids: list[list[int]], answer_ids: list[list[int]], 
     embeds = model.get_input_embeddings()(ids)
     projected = model.model.multi_modal_projector(torch.cat(features))
     embeds = embeds.masked_scatter((ids == image_id)[..., None], projected.reshape(-1, projected.shape[-1]))
-    return model(inputs_embeds=embeds, attention_mask=attention, labels=labels).loss
+    if not hidden:
+        return model(inputs_embeds=embeds, attention_mask=attention, labels=labels).loss
+    out = model(inputs_embeds=embeds, attention_mask=attention, labels=labels, output_hidden_states=True)
+    # the last layer's state where the first answer token is predicted (every answer here is one token)
+    return out.loss, out.hidden_states[-1][:, -2]
 
 
 def _chat_prompt_ids(processor, text: str, images: int) -> list[int]:
@@ -714,10 +733,11 @@ def _chat_prompt_ids(processor, text: str, images: int) -> list[int]:
     return processor.tokenizer(rendered, add_special_tokens=False)["input_ids"]
 
 
-def _train_llava(model, name: str, steps: int, batch_fn) -> None:
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=HARD_VLM_LR, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=HARD_VLM_LR, total_steps=steps, pct_start=0.1)
+def _train_llava(model, name: str, steps: int, batch_fn, lr: float = HARD_VLM_LR, extra=()) -> None:
+    """`extra`: parameters trained along (auxiliary heads, dropped after training)."""
+    trainable = [p for p in model.parameters() if p.requires_grad] + list(extra)
+    opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     model.train()
     for step in range(steps):
         loss = batch_fn()
@@ -746,7 +766,7 @@ def train_hard_captioner(out: Path, clip: dict, tokenizer, scenes, images) -> No
     from cirkit.prompts import load_prompt
 
     out.mkdir(parents=True, exist_ok=True)
-    model, processor = build_llava(out, clip, tokenizer, SEED + 12, layers=2)
+    model, processor = build_llava(out, clip_vision_state(clip["model"].visual), tokenizer, SEED + 12, layers=2)
     features = vision_features(model, processor, images)
     image_id = tokenizer.convert_tokens_to_ids("<image>")
     prompt = _chat_prompt_ids(processor, load_prompt("toy-caption").render()[0]["content"], 1)
@@ -763,9 +783,17 @@ def train_hard_captioner(out: Path, clip: dict, tokenizer, scenes, images) -> No
     _save_llava(model, processor, out, 24)
 
 
-def hard_judge_examples(rng: random.Random, held_out: set, count: int):
-    """(reference, candidate, modification text, answer): the candidate is the target, or a scene one
-    attribute away from it (most often in what captions leave out)."""
+# the phrasings of hard._phrases that ask for a change without naming the new value
+_OPEN_PHRASES = {"shape": "a different shape", "colour": "a different colour", "pattern": "change the pattern",
+                 "position": "the other side", "background": "a different background"}
+
+
+def hard_judge_examples(rng: random.Random, held_out: set, count: int, targets: bool = False):
+    """(reference, candidate, modification text, answer[, target]), half "yes" and half "no". A "no" candidate
+    is the target one attribute away: mostly in the pattern or the mark (what captions leave out, so
+    what a text search cannot tell apart), else in any attribute; an attribute the instruction leaves
+    open ("a different colour") is only set back to the reference's value (the change not made), so
+    a "no" never fits the instruction. No (reference, candidate) pair is one of the benchmark's."""
     scenes = hard.all_scenes()
     out = []
     while len(out) < count:
@@ -774,40 +802,65 @@ def hard_judge_examples(rng: random.Random, held_out: set, count: int):
         if (reference, mod.target) in held_out:
             continue
         if rng.random() < 0.5:
-            out.append((reference, mod.target, mod.text, "yes"))
+            out.append((reference, mod.target, mod.text, "yes", mod.target)[: 4 + targets])
             continue
-        attribute = rng.choice(("pattern", "mark")) if rng.random() < 0.6 else rng.choice(hard.ATTRIBUTES)
-        wrong = replace(mod.target, **{attribute: rng.choice([v for v in hard.values(attribute) if v != mod.target.get(attribute)])})
-        out.append((reference, wrong, mod.text, "no"))
+        attribute = rng.choice(("pattern", "mark")) if rng.random() < HARD_JUDGE_UNSEEN else rng.choice(hard.ATTRIBUTES)
+        others = [v for v in hard.values(attribute) if v != mod.target.get(attribute)]
+        if attribute in mod.changed and _OPEN_PHRASES.get(attribute, "\n") in mod.text:
+            others = [reference.get(attribute)]  # any other value fits "a different colour"
+        wrong = replace(mod.target, **{attribute: rng.choice(others)})
+        if (reference, wrong) in held_out:
+            continue
+        out.append((reference, wrong, mod.text, "no", mod.target)[: 4 + targets])
     return out
 
 
-def train_hard_judge(out: Path, clip: dict, tokenizer, scenes, images) -> None:
+def train_hard_judge(out: Path, vision_state: dict, tokenizer, scenes, images) -> None:
+    """The judge, trained on hard_judge_examples. Besides the answer, auxiliary heads on its last
+    state read what the answer rests on: each image's attributes, the target's (the reference
+    changed as asked) and where the candidate differs from it (the heads are dropped after training)."""
     from cirkit.prompts import load_prompt
 
     out.mkdir(parents=True, exist_ok=True)
-    model, processor = build_llava(out, clip, tokenizer, SEED + 13, layers=3)
+    model, processor = build_llava(out, vision_state, tokenizer, SEED + 13, layers=HARD_JUDGE_LAYERS)
     features = vision_features(model, processor, images)
     image_id = tokenizer.convert_tokens_to_ids("<image>")
     template = load_prompt("toy-hard-judge")
     held_out = hard.held_out_pairs()
     position = {s: i for i, s in enumerate(scenes)}
+    labels = hard_labels(scenes)
     rng = random.Random(SEED + 13)
     answer_ids = {w: [tokenizer.convert_tokens_to_ids(w)] for w in ("yes", "no")}
     prompts: dict[str, list[int]] = {}
+    width = HARD_VLM_HIDDEN
+    heads = torch.nn.ModuleDict({
+        "reference": torch.nn.ModuleList(torch.nn.Linear(width, len(hard.values(a))) for a in hard.ATTRIBUTES),
+        "candidate": torch.nn.ModuleList(torch.nn.Linear(width, len(hard.values(a))) for a in hard.ATTRIBUTES),
+        "target": torch.nn.ModuleList(torch.nn.Linear(width, len(hard.values(a))) for a in hard.ATTRIBUTES),
+        "differ": torch.nn.Linear(width, len(hard.ATTRIBUTES)),
+    })
+    ce, bce = torch.nn.functional.cross_entropy, torch.nn.functional.binary_cross_entropy_with_logits
 
     def batch():
-        prompt_ids, answers, feats = [], [], []
-        for reference, candidate, text, answer in hard_judge_examples(rng, held_out, HARD_VLM_BATCH):
+        prompt_ids, answers, feats, pairs = [], [], [], []
+        for reference, candidate, text, answer, target in hard_judge_examples(rng, held_out, HARD_VLM_BATCH, targets=True):
             if text not in prompts:
                 prompts[text] = _chat_prompt_ids(processor, template.render(modification=text)[0]["content"], 2)
             prompt_ids.append(prompts[text])
             answers.append(answer_ids[answer])
             a, b = rng.randrange(HARD_RENDERS), rng.randrange(HARD_RENDERS)
             feats.append(features[[a * len(scenes) + position[reference], b * len(scenes) + position[candidate]]])
-        return llava_step(model, prompt_ids, answers, feats, image_id, tokenizer.pad_token_id)
+            pairs.append((position[reference], position[candidate], position[target]))
+        loss, state = llava_step(model, prompt_ids, answers, feats, image_id, tokenizer.pad_token_id, hidden=True)
+        if not HARD_JUDGE_AUX:
+            return loss
+        ref, cand, target = (labels[list(column)] for column in zip(*pairs))
+        aux = sum(ce(heads[name][k](state), of[:, k]) for name, of in (("reference", ref), ("candidate", cand), ("target", target))
+                  for k in range(len(hard.ATTRIBUTES))) / len(hard.ATTRIBUTES)
+        aux = aux + bce(heads["differ"](state), (cand != target).float())
+        return loss + HARD_JUDGE_AUX * aux
 
-    _train_llava(model, "judge", HARD_JUDGE_STEPS, batch)
+    _train_llava(model, "judge", HARD_JUDGE_STEPS, batch, lr=HARD_JUDGE_LR, extra=heads.parameters())
     _save_llava(model, processor, out, 1)
 
 
@@ -876,21 +929,37 @@ def evaluate_hard_through_cirkit(models_dir: Path) -> dict:
     return scores
 
 
-def train_hard(out: Path) -> dict:
+def train_hard(out: Path, keep: Path | None = None) -> dict:
+    """Train the hard world's models into `out`. `keep`: the models written before (a full run's
+    output): retrain the judge alone and copy the others from there, with their training times and
+    CLIP scores (the judge's vision tower is read from the captioner's, the full run's float32 copy
+    of the CLIP's, so the judge starts from the weights a full run gives it)."""
     times: dict[str, float] = {}
     start = time.perf_counter()
     log(f"rendering {HARD_RENDERS} training images of each of the {len(hard.all_scenes())} hard scenes ...")
     scenes = hard.all_scenes()
     images = [hard.render(s, seed_for("hard-train", r, s.slug)) for r in range(HARD_RENDERS) for s in scenes]
     times["render"] = time.perf_counter() - start
-    steps = [
-        ("clip", lambda: train_hard_clip(out / "clip", scenes, images)),
-        ("captioner", lambda: train_hard_captioner(out / "captioner", clip, tokenizer, scenes, images)),
-        ("llm", lambda: train_llm(out / "llm", hard_rewrite_examples, hard.held_out_pairs(), HARD_LLM_STEPS)),
-        ("judge", lambda: train_hard_judge(out / "judge", clip, tokenizer, scenes, images)),
-    ]
     tokenizer = hard_vlm_tokenizer()
-    clip = None
+    clip, kept_scores = None, {}
+    if keep is not None:
+        from safetensors.torch import load_file
+
+        record = json.loads((keep / "training.json").read_text())
+        for name in ("clip", "captioner", "llm"):
+            shutil.copytree(keep / name, out / name)
+            times[name] = record["training_seconds"][name]
+        kept_scores = {k: v for k, v in record["held_out_scores"].items() if k == "gallery_text_to_image_recall@1" or k.startswith("top1_same_")}
+        prefix = "vision_tower."
+        vision_state = {k[len(prefix):]: v for k, v in load_file(str(out / "captioner" / "model.safetensors")).items() if k.startswith(prefix)}
+        steps = [("judge", lambda: train_hard_judge(out / "judge", vision_state, tokenizer, scenes, images))]
+    else:
+        steps = [
+            ("clip", lambda: train_hard_clip(out / "clip", scenes, images)),
+            ("captioner", lambda: train_hard_captioner(out / "captioner", clip, tokenizer, scenes, images)),
+            ("llm", lambda: train_llm(out / "llm", hard_rewrite_examples, hard.held_out_pairs(), HARD_LLM_STEPS)),
+            ("judge", lambda: train_hard_judge(out / "judge", clip_vision_state(clip["model"].visual), tokenizer, scenes, images)),
+        ]
     for name, train in steps:
         start = time.perf_counter()
         log(f"training the hard world's {name} ...")
@@ -900,7 +969,7 @@ def train_hard(out: Path) -> dict:
         times[name] = time.perf_counter() - start
         log(f"  {times[name]:.0f} s")
     log("checking the models through cirkit's loaders on the held-out test queries ...")
-    scores = {**evaluate_hard_clip(clip, scenes), **evaluate_hard_through_cirkit(out)}
+    scores = {**(evaluate_hard_clip(clip, scenes) if clip else kept_scores), **evaluate_hard_through_cirkit(out)}
     return {"world_fingerprint": hard.fingerprint(), "times": times, "scores": scores}
 
 
@@ -917,7 +986,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--world", choices=("toy", "hard"), default="toy", help="toy: cirkit/toy/world.py; hard: cirkit/toy/hard.py")
     parser.add_argument("--out", type=Path, help="default: cirkit/toy/models (toy), cirkit/toy/models/hard (hard)")
+    parser.add_argument("--only", choices=("judge",), help="hard world: retrain the judge alone, keeping the other models in --out")
     args = parser.parse_args()
+    if args.only and args.world != "hard":
+        parser.error("--only goes with --world hard")
     torch.set_num_threads(THREADS)
     torch.use_deterministic_algorithms(True)
     out = args.out or REPO / "cirkit" / "toy" / "models" / ("hard" if args.world == "hard" else "")
@@ -925,7 +997,7 @@ def main() -> None:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     if args.world == "hard":
-        return finish(out, staging, train_hard(staging), skip=())
+        return finish(out, staging, train_hard(staging, keep=out if args.only else None), skip=())
 
     times: dict[str, float] = {}
     start = time.perf_counter()
