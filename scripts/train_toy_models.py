@@ -30,8 +30,9 @@ that the shipped files are these).
     python scripts/train_toy_models.py --out /tmp/toy   # somewhere else
 
 With --world hard it trains the hard world's four models instead (cirkit/toy/hard.py; see the
-section "the hard world" below) into cirkit/toy/models/hard, about 17 minutes on a 2-core CPU;
-`--world hard --only judge` retrains the judge alone (about 6 minutes), keeping the other three.
+section "the hard world" below) into cirkit/toy/models/hard, 7 to 15 minutes on a 2-core CPU as
+other work shares it; `--world hard --only judge` retrains the judge alone (4 to 6 minutes), keeping
+the other three, and writes the same judge as a full run.
 
     python scripts/train_toy_models.py --world hard
     python scripts/train_toy_models.py --world hard --only judge
