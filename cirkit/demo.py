@@ -223,7 +223,8 @@ def _print_query(out, number: int, run: dict[str, Any], text: str, target: str, 
 # ---------------------------------------------------------------- cirkit demo --hard
 
 HARD = "hard"
-HARD_PIPELINES = ("toy-hard-cirevl", "toy-hard-pdv", "toy-hard-ldre", "toy-hard-feedback", "toy-hard-rerank", "toy-hard-full")
+HARD_PIPELINES = ("toy-hard-cirevl", "toy-hard-pdv", "toy-hard-ldre", "toy-hard-seize", "toy-hard-feedback", "toy-hard-rerank",
+                  "toy-hard-full")
 HARD_SPLIT = "test"
 
 

@@ -2,8 +2,9 @@
 with the standard CIRR protocol (only the scorer sees the targets), text alone is ambiguous among
 near-duplicates; fusing the reference image or sampling several captions retrieves better; the toy
 judge, which compares the reference image with each candidate, lifts the ranking it reorders; and
-everything together (toy-hard-full) retrieves best. Relevance feedback (toy-hard-feedback) is in the
-demo's table but asserted nothing: the toy LLM was not trained on the feedback prompt.
+everything together (toy-hard-full) retrieves best. The semantic editing increment (toy-hard-seize) and
+relevance feedback (toy-hard-feedback) are in the demo's table but asserted nothing: captions and
+rewrites miss the same attributes, and the toy LLM was not trained on the feedback prompt.
 
 The models (cirkit/toy/models/hard) were trained by `scripts/train_toy_models.py --world hard`, which
 never saw a gallery rendering nor a (reference, target) pair of either split. The pipelines' parameters
@@ -26,7 +27,8 @@ from cirkit.toy.world import seed_for
 
 MODELS = Path(cirkit.toy.__file__).parent / "models" / "hard"
 REPO = Path(__file__).resolve().parents[1]
-QUALITY_PIPELINES = ("toy-hard-cirevl", "toy-hard-pdv", "toy-hard-ldre", "toy-hard-feedback", "toy-hard-rerank", "toy-hard-full")
+QUALITY_PIPELINES = ("toy-hard-cirevl", "toy-hard-pdv", "toy-hard-ldre", "toy-hard-seize", "toy-hard-feedback", "toy-hard-rerank",
+                     "toy-hard-full")
 
 
 @pytest.fixture(scope="session")
