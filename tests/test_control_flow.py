@@ -244,3 +244,16 @@ steps:
     (run,) = _run(tmp_path, str(path), gallery, gallery_index, images=("img0004.jpg",))
     assert _trace(run)[3:] == records
     assert run["steps"][-1]["notes"][-1].startswith("loop not entered" if threshold < 0 else "loop ends at its bound, 2 round(s)")
+
+
+def test_a_step_reading_what_a_skipped_step_did_not_make_fails_that_query_in_one_line(tmp_path, tiny_models, tiny_judge, gallery, gallery_index):
+    path = _loop_pipeline(tmp_path, tiny_models, tiny_judge, threshold=-1, when="judge.confidence > 2")
+    text = open(path).read() + "  - {name: after, kind: embed, model: clip, inputs: {texts: modification}}\n" \
+        "  - {name: uses_finish, kind: merge, inputs: {a: finish.results, b: search.results}}\n"
+    (tmp_path / "reads-skipped.yaml").write_text(text)
+    runs = _run(tmp_path, str(tmp_path / "reads-skipped.yaml"), gallery, gallery_index, images=("img0004.jpg", "img0011.jpg"))
+    for run in runs:
+        assert run["status"] == "failed"
+        assert [(s["name"], s["status"]) for s in run["steps"]][-3:] == [("finish", "skipped"), ("after", "ok"), ("uses_finish", "failed")]
+        assert run["error"] == ("step 'uses_finish' failed: input 'a' reads 'finish.results', which no step made for this query "
+                                "(the step that makes it was skipped)")

@@ -123,6 +123,9 @@ def run_queries(
             for i in ok:
                 at[i] = position + 1
             continue
+        todo = _fail_unmade(step, todo, live, contexts, rounds, seq, run_ids, store, failures, tell)
+        if not todo:
+            continue
         items = {i: {name: contexts[i][source] if source else None for name, source in step.inputs.items()} for i in todo}
         hashed = step_hash(pipeline.model_for(step), step, params) if step.component.cacheable else None  # once per step, not per query
         keys = {i: cache_key(hashed, items[i]) for i in todo} if hashed else {}
@@ -243,6 +246,28 @@ def _skip_unmet(step, position, todo, contexts, rounds, at, seq, run_ids, store,
         store.add_step(run_ids[i], record)
         seq[i] += 1
     return run
+
+
+def _fail_unmade(step, todo, live, contexts, rounds, seq, run_ids, store, failures, tell) -> list[int]:
+    """The queries that have every input the step reads; for the others a step that makes one was
+    skipped (its `when`, or a loop they did not enter), and the step fails for them with one line."""
+    ready = []
+    for i in todo:
+        missing = next(((name, source) for name, source in step.inputs.items() if source and source not in contexts[i]), None)
+        if missing is None:
+            ready.append(i)
+            continue
+        error = f"input '{missing[0]}' reads '{missing[1]}', which no step made for this query (the step that makes it was skipped)"
+        record = StepRecord(
+            position=seq[i], name=step.name, kind=step.kind, status="failed", model=None, params={}, templates=[], prompts=[],
+            raw=[], outputs={}, notes=[], seconds=0.0, error=error, round=rounds[i] if step.in_loop else 0,
+        )
+        tell("step", {"run_id": run_ids[i], "step": step.name})
+        store.add_step(run_ids[i], record)
+        store.finish_run(run_ids[i], results=None, error=f"step '{step.name}' failed: {error}")
+        failures.append(f"step '{step.name}' failed: {error} (run {run_ids[i]})")
+        live.remove(i)
+    return ready
 
 
 def _next_round(loop, i, contexts, rounds, at) -> str:
