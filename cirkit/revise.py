@@ -18,8 +18,7 @@ from typing import Any
 import yaml
 
 from cirkit.engines import ModelPool
-from cirkit.errors import CirkitError, one_line
-from cirkit.errors import ImageError
+from cirkit.errors import CirkitError, ImageError, one_line
 from cirkit.gallery import GalleryIndex
 from cirkit.images import load_image
 from cirkit.pipelines import Pipeline, load_pipeline

@@ -257,3 +257,11 @@ def test_a_step_reading_what_a_skipped_step_did_not_make_fails_that_query_in_one
         assert [(s["name"], s["status"]) for s in run["steps"]][-3:] == [("finish", "skipped"), ("after", "ok"), ("uses_finish", "failed")]
         assert run["error"] == ("step 'uses_finish' failed: input 'a' reads 'finish.results', which no step made for this query "
                                 "(the step that makes it was skipped)")
+
+
+def test_the_wiring_says_when_a_value_depends_on_the_path_a_query_took():
+    fuse = next(s for s in load_pipeline("wiser").wiring() if s["step"] == "fuse")
+    assert fuse["inputs"]["a"] == {"from": "latest of verify_text.results, verify_text_again.results", "type": "results"}
+    assert fuse["inputs"]["b"]["from"] == "latest of verify_image.results, verify_image_again.results"
+    judge = next(s for s in load_pipeline("wiser").wiring() if s["step"] == "verify_text")
+    assert judge["inputs"]["results"]["from"] == "search_text.results"

@@ -193,10 +193,6 @@ class Pipeline:
                 h.update(f"\x00{step.name}\x00{prompt.text}".encode())
         return h.hexdigest()
 
-    @property
-    def loops(self) -> list[Loop]:
-        return [step.loop for step in self.steps if step.loop]
-
     def model_for(self, step: Step) -> ModelSpec | None:
         return self.models[step.spec.model] if step.spec.model else None
 
@@ -211,6 +207,7 @@ class Pipeline:
     def wiring(self) -> list[dict[str, Any]]:
         """Each step's inputs resolved to the query value or the earlier step output they read, with types."""
         producers = {name: f"query.{name}" for name in QUERY_VALUES}
+        makers: dict[str, list[str]] = {}
         types = dict(QUERY_VALUES)
         out = []
         for step in self.steps:
@@ -224,13 +221,10 @@ class Pipeline:
             for name, value_type in outputs.items():
                 bare = step.spec.as_.get(name, name)
                 made = f"{step.name}.{name}"
-                earlier = producers.get(bare, "")
-                if bare != name or (earlier and step.in_loop and not earlier.startswith("query.")):
-                    # read by a bare name several steps make: the latest made, which depends on the query's path
-                    made_by = [p for p in earlier.removeprefix("latest of ").split(", ") if p and not p.startswith("query.")]
-                    producers[bare] = "latest of " + ", ".join([*made_by, made]) if made_by else made
-                else:
-                    producers[bare] = made
+                # a step some queries skip leaves them the value an earlier step made under that name
+                may_skip = step.in_loop is not None or step.when is not None
+                makers[bare] = [*makers.get(bare, []), made] if may_skip else [made]
+                producers[bare] = made if len(makers[bare]) == 1 else "latest of " + ", ".join(makers[bare])
                 producers[made] = made
                 types[bare] = types[made] = value_type
             model = self.model_for(step)
