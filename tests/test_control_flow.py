@@ -265,3 +265,21 @@ def test_the_wiring_says_when_a_value_depends_on_the_path_a_query_took():
     assert fuse["inputs"]["b"]["from"] == "latest of verify_image.results, verify_image_again.results"
     judge = next(s for s in load_pipeline("wiser").wiring() if s["step"] == "verify_text")
     assert judge["inputs"]["results"]["from"] == "search_text.results"
+
+
+def test_a_cached_output_without_an_output_the_step_now_makes_runs_again(tmp_path, tiny_models, tiny_judge, gallery, gallery_index):
+    """A rerank cached before steps made `confidence` would leave a loop's condition without a value."""
+    import sqlite3
+
+    pipeline = _loop_pipeline(tmp_path, tiny_models, tiny_judge, threshold=-1)
+    (first,) = _run(tmp_path, pipeline, gallery, gallery_index, images=("img0004.jpg",))
+    with sqlite3.connect(tmp_path / "data" / "runs.sqlite3") as db:
+        for key, record in db.execute("SELECT key, record FROM cache").fetchall():
+            data = json.loads(record)
+            if "confidence" in data["outputs"]:
+                del data["outputs"]["confidence"]
+                db.execute("UPDATE cache SET record=? WHERE key=?", (json.dumps(data), key))
+    (again,) = _run(tmp_path, pipeline, gallery, gallery_index, images=("img0004.jpg",))
+    origins = {s["name"]: s["origin"] for s in again["steps"]}
+    assert origins["embed"] == "cache" and origins["judge"] == "ran"
+    assert again["steps"][2]["outputs"]["confidence"] == first["steps"][2]["outputs"]["confidence"]

@@ -129,7 +129,8 @@ def run_queries(
         items = {i: {name: contexts[i][source] if source else None for name, source in step.inputs.items()} for i in todo}
         hashed = step_hash(pipeline.model_for(step), step, params) if step.component.cacheable else None  # once per step, not per query
         keys = {i: cache_key(hashed, items[i]) for i in todo} if hashed else {}
-        cached = {i: hit for i in todo if use_cache and keys and (hit := store.cache_get(keys[i])) is not None}
+        cached = {i: hit for i in todo if use_cache and keys and (hit := store.cache_get(keys[i])) is not None
+                  and set(step.component.outputs) <= set(hit["outputs"])}  # else made by a cirkit with fewer outputs
         misses = [i for i in todo if i not in cached]
         results: dict[int, ItemResult] = {}
         model_info = None
