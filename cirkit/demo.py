@@ -224,7 +224,7 @@ def _print_query(out, number: int, run: dict[str, Any], text: str, target: str, 
 
 HARD = "hard"
 HARD_PIPELINES = ("toy-hard-cirevl", "toy-hard-pdv", "toy-hard-ldre", "toy-hard-seize", "toy-hard-feedback", "toy-hard-rerank",
-                  "toy-hard-full")
+                  "toy-hard-full", "toy-hard-wiser")
 HARD_SPLIT = "test"
 
 

@@ -2,7 +2,8 @@
 with the standard CIRR protocol (only the scorer sees the targets), text alone is ambiguous among
 near-duplicates; fusing the reference image or sampling several captions retrieves better; the toy
 judge, which compares the reference image with each candidate, lifts the ranking it reorders; and
-everything together (toy-hard-full) retrieves best. The semantic editing increment (toy-hard-seize) and
+everything together (toy-hard-full) retrieves best; wiser's twin refines exactly the queries its judge
+is unsure of. The semantic editing increment (toy-hard-seize) and
 relevance feedback (toy-hard-feedback) are in the demo's table but asserted nothing: captions and
 rewrites miss the same attributes, and the toy LLM was not trained on the feedback prompt.
 
@@ -28,7 +29,7 @@ from cirkit.toy.world import seed_for
 MODELS = Path(cirkit.toy.__file__).parent / "models" / "hard"
 REPO = Path(__file__).resolve().parents[1]
 QUALITY_PIPELINES = ("toy-hard-cirevl", "toy-hard-pdv", "toy-hard-ldre", "toy-hard-seize", "toy-hard-feedback", "toy-hard-rerank",
-                     "toy-hard-full")
+                     "toy-hard-full", "toy-hard-wiser")
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +42,7 @@ def hard_demo(tmp_path_factory):
     console = Console(record=True, width=200)
     result = run_hard_demo(root / "demo", progress=False, console=console, data_dir=root / "store",
                            pipelines=QUALITY_PIPELINES)
-    return result, console.export_text()
+    return result, console.export_text(), root / "store"
 
 
 def test_world_is_deterministic_and_descriptions_parse():
@@ -120,7 +121,7 @@ def test_training_data_holds_out_both_splits():
 
 
 def test_the_methods_separate_on_the_held_out_split(hard_demo):
-    result, text = hard_demo
+    result, text, _ = hard_demo
     rows = {name: (row["R@1"], row["R@5"]) for name, row in result["pipelines"].items()}
     summary = "; ".join(f"{name} R@1 {r1:.1f} R@5 {r5:.1f}" for name, (r1, r5) in rows.items())
     text_only = rows["toy-hard-cirevl"][0]
@@ -132,6 +133,25 @@ def test_the_methods_separate_on_the_held_out_split(hard_demo):
     assert "toy-hard-ldre" in text and "model calls / query" in text
     calls = {name: row["calls_per_query"] for name, row in result["pipelines"].items()}
     assert calls["toy-hard-ldre"] > calls["toy-hard-cirevl"] and calls["toy-hard-feedback"] > calls["toy-hard-cirevl"]
+
+
+def test_the_wiser_twin_refines_only_the_queries_its_judge_is_unsure_of(hard_demo):
+    from cirkit.store import RunStore
+
+    result, _, store_dir = hard_demo
+    store = RunStore(store_dir)
+    runs = [store.get(r["run_id"]) for r in store.experiment(result["pipelines"]["toy-hard-wiser"]["experiment"])["runs"]]
+    entered = [run for run in runs if run.step("captions_again").status == "ok"]
+    assert 0 < len(entered) < len(runs)
+    for run in runs:
+        confidence = run.step("verify_text").outputs["confidence"]
+        assert (run.step("captions_again").status == "ok") == (confidence <= 0.7)
+    # a refined query's text path is the refined one: the fused list sums its P(yes) with the image path's
+    run = entered[0]
+    text = {h["path"]: h.get("verifier") or 0.0 for h in run.step("verify_text_again").outputs["results"]}
+    image = {h["path"]: h.get("verifier") or 0.0 for h in run.step("verify_image").outputs["results"]}
+    fused = run.step("fuse").outputs["results"]
+    assert [h["score"] for h in fused] == pytest.approx([text.get(h["path"], 0.0) + image.get(h["path"], 0.0) for h in fused])
 
 
 def test_demo_json_needs_hard(cli, tmp_path):
