@@ -3,9 +3,9 @@ with the standard CIRR protocol (only the scorer sees the targets), text alone i
 near-duplicates; fusing the reference image or sampling several captions retrieves better; the toy
 judge, which compares the reference image with each candidate, lifts the ranking it reorders; and
 everything together (toy-hard-full) retrieves best; wiser's twin refines exactly the queries its judge
-is unsure of. The semantic editing increment (toy-hard-seize) and
-relevance feedback (toy-hard-feedback) are in the demo's table but asserted nothing: captions and
-rewrites miss the same attributes, and the toy LLM was not trained on the feedback prompt.
+is unsure of. The semantic editing increment (toy-hard-seize) and relevance feedback
+(toy-hard-feedback) are in the demo's table but asserted nothing: captions and rewrites miss the same
+attributes, and the toy LLM was not trained on the feedback prompt.
 
 The models (cirkit/toy/models/hard) were trained by `scripts/train_toy_models.py --world hard`, which
 never saw a gallery rendering nor a (reference, target) pair of either split. The pipelines' parameters
