@@ -46,10 +46,14 @@ class ToyQuery:
 
 def gallery_names() -> dict[Scene, str]:
     """Every scene's image name, numbered in a shuffled order."""
-    scenes = all_scenes()
+    return numbered_names(all_scenes(), GALLERY_SEED, FOLDER)
+
+
+def numbered_names(scenes: list, seed: int, folder: str) -> dict:
+    """Image names FOLDER-NNN-SLUG for the scenes (anything with a `slug`), numbered in an order shuffled by `seed`."""
     order = list(range(len(scenes)))
-    random.Random(GALLERY_SEED).shuffle(order)
-    return {scene: f"{FOLDER}-{number:03d}-{scene.slug}" for number, scene in zip(order, scenes)}
+    random.Random(seed).shuffle(order)
+    return {scene: f"{folder}-{number:03d}-{scene.slug}" for number, scene in zip(order, scenes)}
 
 
 def gallery_image(scene: Scene):

@@ -37,8 +37,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from cirkit.toy.benchmark import _json, _write_if_changed
-from cirkit.toy.world import _gradient, _outline, _shade, seed_for
+from cirkit.toy.benchmark import ToyQuery, _json, _write_if_changed, numbered_names
+from cirkit.toy.world import Modification, _a, _gradient, _outline, _shade, seed_for
 
 SHAPES = ("circle", "square", "triangle", "star")
 COLOURS = {"red": (215, 40, 40), "green": (40, 160, 65), "blue": (40, 90, 220), "yellow": (235, 210, 35)}
@@ -198,17 +198,6 @@ def _pattern(pattern: str, rgb: tuple[int, int, int], big: int, rng: random.Rand
 # ---------------------------------------------------------------- modifications
 
 
-@dataclass(frozen=True)
-class Modification:
-    text: str
-    target: Scene
-    changed: tuple[str, ...]
-
-
-def _a(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
-
-
 def _phrases(attribute: str, ref: Scene, new: str) -> list[str]:
     """Ways to ask for `attribute` to become `new`; a few leave the value open (ambiguous)."""
     old = ref.get(attribute)
@@ -282,30 +271,15 @@ CIRR_SPLIT = "val"  # each split's data directory is read as CIRR's val split
 FOLDER = "dev"
 
 
-@dataclass(frozen=True)
-class HardQuery:
-    pairid: int
-    reference: Scene
-    modification: Modification
-    members: tuple[Scene, ...]
-
-    @property
-    def target(self) -> Scene:
-        return self.modification.target
-
-
 def gallery_names() -> dict[Scene, str]:
-    scenes = all_scenes()
-    order = list(range(len(scenes)))
-    random.Random(GALLERY_SEED).shuffle(order)
-    return {scene: f"{FOLDER}-{number:03d}-{scene.slug}" for number, scene in zip(order, scenes)}
+    return numbered_names(all_scenes(), GALLERY_SEED, FOLDER)
 
 
 def gallery_image(scene: Scene) -> Image.Image:
     return render(scene, seed_for("hard-gallery", GALLERY_SEED, scene.slug))
 
 
-def queries(split: str) -> list[HardQuery]:
+def queries(split: str) -> list[ToyQuery]:
     """The split's queries: distinct (reference, target) pairs, none shared between the splits."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: one of {', '.join(SPLITS)}")
@@ -314,7 +288,7 @@ def queries(split: str) -> list[HardQuery]:
         taken |= {(q.reference, q.target) for q in queries(earlier)}
     rng = random.Random(SPLIT_SEEDS[split])
     scenes = all_scenes()
-    out: list[HardQuery] = []
+    out: list[ToyQuery] = []
     while len(out) < NUM_QUERIES[split]:
         reference = rng.choice(scenes)
         mod = modify(reference, rng)
@@ -324,7 +298,7 @@ def queries(split: str) -> list[HardQuery]:
         near = [replace(mod.target, **{a: v}) for a in ATTRIBUTES for v in values(a) if v != mod.target.get(a)]
         members = [reference, mod.target, *rng.sample([s for s in near if s != reference], 4)]
         rng.shuffle(members)
-        out.append(HardQuery(len(out), reference, mod, tuple(members)))
+        out.append(ToyQuery(len(out), reference, mod, tuple(members)))
     return out
 
 
