@@ -22,32 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
 import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-
-def toy_pdv() -> dict:
-    """The toy pipeline with PDV fusion of the rewrite, the caption and the reference image."""
-    from cirkit.pipelines.spec import builtin_path
-
-    data = yaml.safe_load(builtin_path("toy").read_text())
-    for model in data["models"].values():
-        for field in ("id", "name", "pretrained"):
-            if field in model:
-                model[field] = str((builtin_path("toy").parent / model[field]).resolve())
-    caption, rewrite, embed, search = data["steps"]
-    data["name"] = "toy-pdv"
-    data["steps"] = [
-        caption, rewrite,
-        {"name": "embed_caption", "kind": "embed", "model": "clip", "inputs": {"texts": "caption"}},
-        embed,
-        {"name": "embed_image", "kind": "embed_image", "model": "clip"},
-        {"name": "pdv", "kind": "pdv", "inputs": {"caption_vectors": "embed_caption.query_vectors"},
-         "params": {"alpha_text": 0.5, "alpha_image": 1.0, "beta": 0.7}},
-        search,
-    ]
-    return data
+from test_sweep import toy_pdv  # noqa: E402  the pipeline the sweep test measures, PDV on the toy models
 
 
 def cirkit(*args: str) -> tuple[float, dict]:
@@ -72,9 +53,8 @@ def main() -> None:
         tmp = Path(tmp)
         world = tmp / "world"
         toy.write_benchmark(world)
-        data = toy_pdv()
-        base = tmp / "toy-pdv.yaml"
-        base.write_text(yaml.safe_dump(data, sort_keys=False))
+        base = toy_pdv(tmp / "toy-pdv.yaml")
+        data = yaml.safe_load(base.read_text())
         files = []
         for value in values:
             data["steps"][5]["params"]["beta"] = value
