@@ -133,19 +133,15 @@ def eval_run(
         for path in exp.submission:
             stdout.print(f"submission file: {path}")
         stdout.print(f"failures: cirkit runs failures {exp.id}")
-    _fail_when_no_run_succeeded(options["store"], exp.id)
+    _fail_when_no_run_succeeded(options["store"], exp)
 
 
-def _fail_when_no_run_succeeded(store, exp_id: str) -> None:
+def _fail_when_no_run_succeeded(store, exp) -> None:
     """A non-zero exit when every query's run failed (a model that cannot load, a server that is gone):
     the metrics are stored, but they measure nothing."""
-    runs = store.experiment(exp_id)["runs"]
-    if not runs:
-        return
-    first = store.get(runs[0]["run_id"])
-    if first.status == "ok" or any(store.get(r["run_id"]).status == "ok" for r in runs[1:]):
-        return
-    raise CirkitError(f"every run of experiment {exp_id} failed; the first: {first.error}")
+    runs = store.experiment(exp.id)["runs"]
+    if runs and exp.failed_runs == len(runs):
+        raise CirkitError(f"every run of experiment {exp.id} failed; the first: {store.get(runs[0]['run_id']).error}")
 
 
 @eval_app.command("sweep")
